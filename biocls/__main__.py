@@ -1,0 +1,5 @@
+import sys
+
+from biocls.cli import main
+
+sys.exit(main())

@@ -1,0 +1,243 @@
+"""``biocls <verb>``: the single entry point. Snakemake rules call these verbs and nothing else.
+
+Every verb reads its inputs from disk and writes its outputs atomically, so a failed or killed
+step leaves nothing that a later run could mistake for a result. A mistake in the input is
+reported on one line (what, where, how to fix) with exit status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from biocls import __version__
+from biocls._errors import BioclsError
+
+log = logging.getLogger("biocls")
+
+EPILOG = """\
+typical order (the Snakemake workflow runs these for you):
+  biocls simulate cells --out data/demo.h5ad
+  biocls split    --spec SPEC --out results/EXP/splits.tsv
+  biocls train    --spec SPEC --splits results/EXP/splits.tsv --fold 0 --out results/EXP/folds/0
+  biocls evaluate --spec SPEC --splits results/EXP/splits.tsv --folds-dir results/EXP/folds \\
+                  --out results/EXP
+  biocls report   --results results/EXP
+  biocls predict  --model results/EXP/model --input new.h5ad --output annotated.h5ad
+
+SPEC is one experiment block of the config as JSON (a string, or a .json/.yaml file), with its
+data paths (`input`, or `metadata` + `repertoires`) filled in. See README.md.
+"""
+
+
+def load_spec(text: str) -> dict[str, Any]:
+    """Parse ``--spec``: inline JSON, or a path to a JSON/YAML file holding one experiment."""
+    try:
+        if text.lstrip().startswith("{"):
+            spec = json.loads(text)
+        else:
+            path = Path(text)
+            if not path.exists():
+                raise BioclsError("spec file not found", where=text,
+                                  fix="pass inline JSON or an existing .json/.yaml file")
+            import yaml
+
+            spec = yaml.safe_load(path.read_text())
+    except (json.JSONDecodeError, ValueError) as e:
+        raise BioclsError(f"--spec is not valid JSON/YAML ({e})", where="--spec",
+                          fix="quote the JSON in the shell") from None
+    if not isinstance(spec, dict) or spec.get("task") not in ("cells", "repertoires"):
+        raise BioclsError("spec needs `task: cells` or `task: repertoires`", where="--spec",
+                          fix="pass one experiment block of the config")
+    return spec
+
+
+def _pipeline(spec: dict[str, Any]) -> Any:
+    if spec["task"] == "cells":
+        from biocls.pipelines import cells
+
+        return cells
+    from biocls.pipelines import repertoires
+
+    return repertoires
+
+
+# -- verbs ---------------------------------------------------------------------------------------
+def cmd_simulate(args: argparse.Namespace) -> None:
+    params = json.loads(args.params) if args.params else {}
+    if args.what == "cells":
+        from biocls._io import atomic_path
+        from biocls.simulate import simulate_cells
+
+        adata = simulate_cells(**params)
+        with atomic_path(args.out) as tmp:
+            adata.write_h5ad(tmp)
+        log.info("wrote %s (%d cells × %d genes, %d patients)", args.out, adata.n_obs,
+                 adata.n_vars, adata.obs["patient"].nunique())
+    else:
+        from biocls.simulate import simulate_repertoires
+
+        simulate_repertoires(Path(args.out), **params)
+
+
+def cmd_example(args: argparse.Namespace) -> None:
+    from biocls._io import atomic_path
+    from biocls.data import example_dataset
+
+    adata = example_dataset(args.name)
+    with atomic_path(args.out) as tmp:
+        adata.write_h5ad(tmp)
+    log.info("wrote %s (%d cells × %d genes)", args.out, adata.n_obs, adata.n_vars)
+
+
+def cmd_split(args: argparse.Namespace) -> None:
+    spec = load_spec(args.spec)
+    _pipeline(spec).split(spec, Path(args.out))
+
+
+def cmd_encode(args: argparse.Namespace) -> None:
+    spec = load_spec(args.spec)
+    if spec["task"] != "repertoires":
+        raise BioclsError("`encode` is for repertoire experiments", where="--spec",
+                          fix="cells need no encoding step")
+    _pipeline(spec).encode(spec, Path(args.out))
+
+
+def _set_threads(n: int | None) -> None:
+    """Keep torch within the cores the scheduler gave this job (no oversubscription)."""
+    if n:
+        import torch
+
+        torch.set_num_threads(max(1, n))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    spec = load_spec(args.spec)
+    _set_threads(args.threads)
+    pipe = _pipeline(spec)
+    ckpt = Path(args.checkpoints) if args.checkpoints else None
+    if spec["task"] == "cells":
+        pipe.train_fold(spec, splits=Path(args.splits), fold=args.fold, out_dir=Path(args.out),
+                        checkpoints=ckpt)
+    else:
+        if not args.store:
+            raise BioclsError("repertoire training needs --store", where="--store",
+                              fix="pass the store.h5 written by `biocls encode`")
+        pipe.train_fold(spec, store=Path(args.store), splits=Path(args.splits), fold=args.fold,
+                        out_dir=Path(args.out), checkpoints=ckpt)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    spec = load_spec(args.spec)
+    _pipeline(spec).evaluate(spec, splits=Path(args.splits), folds_dir=Path(args.folds_dir),
+                             out_dir=Path(args.out))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from biocls.report import render_reports
+
+    pages = render_reports(Path(args.results), Path(args.out) if args.out else None)
+    log.info("wrote %d report pages under %s", len(pages), args.out or Path(args.results) / "reports")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    model = Path(args.model)
+    meta_path = model / "model.json"
+    if not meta_path.exists():
+        raise BioclsError("not a biocls model folder (no model.json)", where=str(model),
+                          fix="point --model at results/<experiment>/model")
+    kind = json.loads(meta_path.read_text()).get("kind")
+    if kind == "CellClassifier":
+        from biocls.pipelines import cells
+
+        cells.predict(model, Path(args.input), Path(args.output))
+    else:
+        from biocls.pipelines import repertoires
+
+        repertoires.predict(model, Path(args.input), Path(args.output))
+    log.info("wrote %s", args.output)
+
+
+# -- parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="biocls", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Patient-grouped multi-task classification of single cells (cell type + "
+                    "cell state) and immune repertoires (attention MIL).")
+    p.add_argument("--version", action="version", version=f"biocls {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    def verb(name: str, fn: Any, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    s = verb("simulate", cmd_simulate,
+             "simulate a multi-patient data set (cells: .h5ad; repertoires: AIRR TSVs + metadata)")
+    s.add_argument("what", choices=["cells", "repertoires"])
+    s.add_argument("--out", required=True, help="cells: output .h5ad; repertoires: output folder")
+    s.add_argument("--params", help="simulator options as JSON, e.g. '{\"n_patients\": 12}'")
+
+    s = verb("example", cmd_example, "write a real data set that ships inside a package (offline)")
+    s.add_argument("name", choices=["pbmc68k_reduced"])
+    s.add_argument("--out", required=True, help="output .h5ad")
+
+    s = verb("split", cmd_split, "assign patients to stratified, patient-grouped folds")
+    s.add_argument("--spec", required=True, help="experiment block (JSON string or file)")
+    s.add_argument("--out", required=True, help="splits.tsv to write")
+
+    s = verb("encode", cmd_encode, "encode repertoires once into the compact HDF5 store")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--out", required=True, help="store.h5 to write")
+
+    s = verb("train", cmd_train, "fit one fold (or the final model) and predict its held-out "
+                                 "patients")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--splits", required=True, help="splits.tsv from `biocls split`")
+    s.add_argument("--fold", required=True, help="fold number, or 'final' for all patients")
+    s.add_argument("--out", required=True, help="fold folder (or model folder for 'final')")
+    s.add_argument("--store", help="repertoires: store.h5 from `biocls encode`")
+    s.add_argument("--checkpoints", help="folder for epoch checkpoints (a killed run resumes)")
+    s.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
+
+    s = verb("evaluate", cmd_evaluate, "gather out-of-fold predictions into predictions.tsv and "
+                                       "metrics.json")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--splits", required=True)
+    s.add_argument("--folds-dir", required=True)
+    s.add_argument("--out", required=True, help="experiment results folder")
+
+    s = verb("report", cmd_report, "render reports/index.html and one page per patient")
+    s.add_argument("--results", required=True, help="results/<experiment>")
+    s.add_argument("--out", help="reports folder (default: <results>/reports)")
+
+    s = verb("predict", cmd_predict, "apply a final model to new data (.h5ad, or a folder of "
+                                     "repertoire TSVs)")
+    s.add_argument("--model", required=True, help="results/<experiment>/model")
+    s.add_argument("--input", required=True)
+    s.add_argument("--output", required=True, help=".h5ad for cells, .tsv for repertoires")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S", stream=sys.stderr)
+    try:
+        args.fn(args)
+    except BioclsError as e:
+        print(f"biocls {args.verb}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Readers and validation for biocls inputs (re-exports only; code lives in private modules)."""
+
+from biocls.data._airr import (
+    RepertoireChunk,
+    find_repertoire_files,
+    iter_repertoire_chunks,
+    positive_label,
+    read_repertoire,
+    read_repertoire_metadata,
+)
+from biocls.data._anndata import check_values, read_cells
+from biocls.data._examples import example_dataset
+
+__all__ = [
+    "RepertoireChunk",
+    "check_values",
+    "example_dataset",
+    "find_repertoire_files",
+    "iter_repertoire_chunks",
+    "positive_label",
+    "read_cells",
+    "read_repertoire",
+    "read_repertoire_metadata",
+]

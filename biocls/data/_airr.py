@@ -1,0 +1,244 @@
+"""Readers and validation for immune-repertoire inputs.
+
+Two file layouts are accepted, one file per repertoire (``<repertoire_id>.tsv`` or ``.tsv.gz``):
+
+* AIRR rearrangement TSVs: ``junction_aa`` (or ``cdr3_aa``), ``v_call``, ``j_call``,
+  ``duplicate_count``; other columns are ignored;
+* DeepRC's layout: ``amino_acid``, ``templates`` (and ``v_gene``/``j_gene`` when present).
+
+Plus one ``metadata.tsv`` with one row per repertoire; its repertoire, patient and label columns are
+named by the experiment's ``keys`` (DESIGN §4). Every problem a user can fix is a one-line
+:class:`~biocls.BioclsError` naming the file and the repertoire ID, raised before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from biocls._errors import BioclsError
+
+__all__ = [
+    "RepertoireChunk",
+    "find_repertoire_files",
+    "iter_repertoire_chunks",
+    "positive_label",
+    "read_repertoire",
+    "read_repertoire_metadata",
+]
+
+log = logging.getLogger(__name__)
+
+#: Column names tried, in order, for each field.
+SEQUENCE_COLUMNS = ("junction_aa", "cdr3_aa", "amino_acid")
+COUNT_COLUMNS = ("duplicate_count", "templates", "consensus_count")
+V_COLUMNS = ("v_call", "v_gene")
+J_COLUMNS = ("j_call", "j_gene")
+SUFFIXES = (".tsv", ".tsv.gz")
+DEFAULT_KEYS = {"repertoire": "repertoire_id", "patient": "subject_id", "label": "label"}
+
+
+@dataclass
+class RepertoireChunk:
+    """A block of rows of one repertoire file, as plain arrays (``count`` is float64)."""
+
+    sequence: np.ndarray
+    count: np.ndarray
+    v: np.ndarray
+    j: np.ndarray
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for s in SUFFIXES[::-1]:
+        if name.endswith(s):
+            return name[: -len(s)]
+    return path.stem
+
+
+def find_repertoire_files(directory: str | Path, *, exclude: tuple[str, ...] = ("metadata",)
+                          ) -> dict[str, Path]:
+    """Map repertoire ID (file name without ``.tsv``/``.tsv.gz``) to path, for one folder.
+
+    Two files with the same ID (``a.tsv`` and ``a.tsv.gz``) are an error naming the ID.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise BioclsError("repertoire folder not found", where=str(d),
+                          fix="set `repertoires:` to the folder holding <repertoire_id>.tsv files")
+    out: dict[str, Path] = {}
+    for p in sorted(d.iterdir()):
+        if not p.is_file() or not p.name.endswith(SUFFIXES):
+            continue
+        rid = _stem(p)
+        if rid in exclude:
+            continue
+        if rid in out:
+            raise BioclsError(f"duplicate repertoire ID {rid!r} ({out[rid].name} and {p.name})",
+                              where=str(d), fix="keep one file per repertoire ID")
+        out[rid] = p
+    return out
+
+
+def read_repertoire_metadata(path: str | Path, *, keys: Mapping[str, str] | None = None,
+                             files: Mapping[str, Path] | None = None) -> pd.DataFrame:
+    """Read ``metadata.tsv`` and check it against the repertoire files.
+
+    Returns one row per repertoire, in file order, with columns ``repertoire_id``, ``patient``
+    and ``label`` (strings), whatever the columns are called in the file (``keys`` maps the
+    roles ``repertoire``, ``patient``, ``label`` to column names). With ``files`` (from
+    :func:`find_repertoire_files`), a metadata row without a file and a file without a metadata
+    row are errors naming the ID.
+    """
+    path = Path(path)
+    k = {**DEFAULT_KEYS, **(keys or {})}
+    if not path.exists():
+        raise BioclsError("metadata file not found", where=str(path),
+                          fix="set `metadata:` to a TSV with one row per repertoire")
+    try:
+        df = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise BioclsError(f"cannot parse as TSV ({e})", where=str(path),
+                          fix="write a tab-separated file with a header row") from None
+    for role in ("repertoire", "patient", "label"):
+        if k[role] not in df.columns:
+            raise BioclsError(
+                f"column {k[role]!r} (keys.{role}) not found; columns are {list(df.columns)}",
+                where=str(path), fix=f"set keys.{role} to the column holding the {role}")
+    out = pd.DataFrame({"repertoire_id": df[k["repertoire"]].str.strip(),
+                        "patient": df[k["patient"]].str.strip(),
+                        "label": df[k["label"]].str.strip()})
+    for col, role in (("repertoire_id", "repertoire"), ("patient", "patient"),
+                      ("label", "label")):
+        empty = out.index[out[col] == ""]
+        if len(empty):
+            row = int(empty[0])
+            rid = out["repertoire_id"].iat[row] or f"row {row + 2}"
+            raise BioclsError(f"empty {k[role]!r} for repertoire {rid}",
+                              where=f"{path}: line {row + 2}", fix=f"fill in the {role}")
+    dup = out["repertoire_id"][out["repertoire_id"].duplicated()]
+    if len(dup):
+        raise BioclsError(f"duplicate repertoire ID {dup.iat[0]!r}", where=str(path),
+                          fix="give every repertoire one row with a unique ID")
+    if files is not None:
+        have = set(files)
+        missing = [r for r in out["repertoire_id"] if r not in have]
+        if missing:
+            raise BioclsError(f"metadata row for repertoire {missing[0]!r} has no file"
+                              f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}",
+                              where=str(path),
+                              fix=f"add {missing[0]}.tsv to the repertoire folder or drop the row")
+        extra = sorted(have - set(out["repertoire_id"]))
+        if extra:
+            raise BioclsError(f"repertoire file {files[extra[0]].name} (ID {extra[0]!r}) has no "
+                              f"metadata row"
+                              f"{f' (and {len(extra) - 1} more)' if len(extra) > 1 else ''}",
+                              where=str(path), fix="add a metadata row or remove the file")
+    classes = sorted(out["label"].unique())
+    if len(classes) > 2:
+        raise BioclsError(f"{len(classes)} label values {classes[:5]}; repertoire "
+                          "classification is binary", where=f"{path}: {k['label']}",
+                          fix="map the labels to two values")
+    return out
+
+
+_POS = [("0", "1"), ("false", "true"), ("-", "+"), ("neg", "pos"), ("negative", "positive"),
+        ("no", "yes")]
+
+
+def positive_label(labels: pd.Series | np.ndarray | list[str], *, given: str | None = None,
+                   where: str = "metadata") -> str:
+    """Which label value is the positive class.
+
+    ``given`` wins when set; otherwise a conventional pair (0/1, false/true, -/+, neg/pos, no/yes,
+    or values ending in ``+``/``-`` such as ``CMV+``) decides.
+    """
+    values = sorted(set(map(str, labels)))
+    if given is not None:
+        if str(given) not in values:
+            raise BioclsError(f"positive_label {given!r} is not one of the labels {values}",
+                              where=where, fix="set positive_label to one of the label values")
+        return str(given)
+    if len(values) == 1:
+        v = values[0].lower()
+        for neg, pos in _POS:
+            if v in (neg, pos):
+                return values[0] if v == pos else pos
+        raise BioclsError(f"only one label value {values[0]!r}", where=where,
+                          fix="set positive_label so that biocls knows which class it is")
+    low = [v.lower() for v in values]
+    for neg, pos in _POS:
+        if sorted(low) == sorted([neg, pos]):
+            return values[low.index(pos)]
+    ends = [v[-1:] for v in values]
+    if sorted(ends) == ["+", "-"]:
+        return values[ends.index("+")]
+    raise BioclsError(f"cannot tell which of the labels {values} is positive", where=where,
+                      fix="add `positive_label: <value>` to the experiment")
+
+
+def _pick(columns: list[str], names: tuple[str, ...]) -> str | None:
+    lower = {c.lower(): c for c in columns}
+    for n in names:
+        if n in lower:
+            return lower[n]
+    return None
+
+
+def iter_repertoire_chunks(path: str | Path, *, chunksize: int = 262_144
+                           ) -> Iterator[RepertoireChunk]:
+    """Stream one repertoire file (AIRR or DeepRC columns) in blocks of ``chunksize`` rows.
+
+    Missing counts become 1, as do non-numeric or non-positive ones; missing V/J calls become
+    ``""``. Only the needed columns are parsed, so a 10^6-row file never sits in memory as text.
+    """
+    path = Path(path)
+    try:
+        header = pd.read_csv(path, sep="\t", nrows=0).columns.tolist()
+    except pd.errors.EmptyDataError:
+        raise BioclsError("empty repertoire file (no header)", where=str(path),
+                          fix="remove the file and its metadata row, or fill it") from None
+    seq_col = _pick(header, SEQUENCE_COLUMNS)
+    if seq_col is None:
+        raise BioclsError(f"no sequence column; expected one of {list(SEQUENCE_COLUMNS)}, "
+                          f"found {header[:8]}", where=str(path),
+                          fix="name the CDR3 amino-acid column junction_aa (AIRR) or amino_acid")
+    cnt_col = _pick(header, COUNT_COLUMNS)
+    v_col = _pick(header, V_COLUMNS)
+    j_col = _pick(header, J_COLUMNS)
+    use = [c for c in (seq_col, cnt_col, v_col, j_col) if c is not None]
+    reader = pd.read_csv(path, sep="\t", usecols=use, dtype=str, keep_default_na=False,
+                         chunksize=chunksize, na_filter=False)
+    for df in reader:
+        n = len(df)
+        if cnt_col is not None:
+            c = pd.to_numeric(df[cnt_col], errors="coerce").to_numpy(dtype=np.float64)
+            c = np.where(np.isfinite(c) & (c > 0), c, 1.0)
+        else:
+            c = np.ones(n)
+        empty = np.full(n, "", dtype=object)
+        yield RepertoireChunk(
+            sequence=df[seq_col].to_numpy(dtype=object),
+            count=c,
+            v=df[v_col].to_numpy(dtype=object) if v_col else empty,
+            j=df[j_col].to_numpy(dtype=object) if j_col else empty,
+        )
+
+
+def read_repertoire(path: str | Path) -> pd.DataFrame:
+    """Read a whole repertoire file into ``junction_aa, v_call, j_call, duplicate_count``.
+
+    Convenience for small files; the store builder streams with :func:`iter_repertoire_chunks`.
+    No sequence is validated or dropped here.
+    """
+    parts = [pd.DataFrame({"junction_aa": c.sequence, "v_call": c.v, "j_call": c.j,
+                           "duplicate_count": c.count}) for c in iter_repertoire_chunks(path)]
+    if not parts:
+        return pd.DataFrame(columns=["junction_aa", "v_call", "j_call", "duplicate_count"])
+    return pd.concat(parts, ignore_index=True)

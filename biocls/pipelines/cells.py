@@ -1,0 +1,280 @@
+"""The single-cell task's verbs: split, train one fold, evaluate, predict.
+
+Each verb reads artefacts from disk and writes its own atomically; none reaches into another's
+internals. ``spec`` is one experiment block of the config (DESIGN §4) with its data paths resolved.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from biocls._errors import BioclsError
+from biocls._io import atomic_path, write_json, write_tsv
+from biocls.data import check_values, read_cells
+from biocls.evaluate import classification_metrics, known_mask
+from biocls.models import CellClassifier
+from biocls.splits import check_no_leak, patient_folds, read_splits, validation_patients
+
+__all__ = ["evaluate", "load_cells", "predict", "split", "train_fold"]
+
+log = logging.getLogger(__name__)
+
+HEADS = ("cell_type", "cell_state")
+MODEL_KEYS = {"encoder", "hidden", "dropout", "n_modules", "mixer_dim", "mixer_depth", "lr",
+              "weight_decay", "batch_size", "max_epochs", "patience", "state_weight", "device"}
+
+
+def load_cells(spec: dict[str, Any]) -> ad.AnnData:
+    """Read, validate and QC-filter the experiment's cells (per-patient MAD outliers)."""
+    from biocls.preprocess import filter_outliers
+
+    adata = read_cells(spec["input"], keys=spec["keys"], pseudo_patients=spec.get("pseudo_patients"),
+                       seed=int(spec.get("seed", 0)))
+    pp = spec.get("preprocess", {})
+    return filter_outliers(adata, nmads=float(pp.get("nmads", 5.0)), groupby="biocls_patient",
+                           source=str(spec["input"]))
+
+
+def split(spec: dict[str, Any], out: Path) -> None:
+    """Write ``splits.tsv``: one row per patient with its fold, stratified by cell type."""
+    adata = load_cells(spec)
+    folds = patient_folds(adata.obs["biocls_patient"].to_numpy(),
+                          adata.obs["biocls_cell_type"].to_numpy(), n_folds=int(spec["folds"]),
+                          seed=int(spec.get("seed", 0)), source=spec.get("name", "config"))
+    write_tsv(out, folds.rename(columns={"n_items": "n_cells"}))
+
+
+def _unseen_mask(obs: pd.DataFrame, spec: dict[str, Any]) -> np.ndarray:
+    """Cells of the type×state pairs the config holds out of every training set."""
+    mask = np.zeros(obs.shape[0], dtype=bool)
+    if "biocls_cell_state" not in obs:
+        return mask
+    for t, s in spec.get("unseen_combinations", []) or []:
+        mask |= ((obs["biocls_cell_type"] == str(t)) & (obs["biocls_cell_state"] == str(s))).to_numpy()
+    return mask
+
+
+def train_fold(spec: dict[str, Any], *, splits: Path, fold: str, out_dir: Path,
+               checkpoints: Path | None = None) -> None:
+    """Fit preprocessing and models on one fold's training patients; predict its held-out ones.
+
+    ``fold="final"`` trains on every patient and writes the model folder to ``out_dir``.
+    Otherwise ``out_dir/predictions.tsv`` gets the held-out cells' predictions from the factored
+    model, the joint-head model and the logistic-regression baseline, all on the same cells.
+    """
+    from biocls.preprocess import CellPreprocessor
+
+    adata = load_cells(spec)
+    obs = adata.obs
+    table = read_splits(str(splits))
+    fold_of = dict(zip(table["patient"].astype(str), table["fold"].astype(int)))
+    unknown = sorted(set(obs["biocls_patient"]) - set(fold_of))
+    if unknown:
+        raise BioclsError(f"patients {unknown[:3]} are not in splits.tsv", where=str(splits),
+                          fix="re-run `biocls split` (delete the file) after changing the input")
+    seed = int(spec.get("seed", 0))
+    patient = obs["biocls_patient"].to_numpy()
+    final = fold == "final"
+    test_p = set() if final else {p for p, k in fold_of.items() if k == int(fold)}
+    train_p = sorted(set(patient) - test_p)
+    val_p = validation_patients(train_p, fraction=float(spec.get("validation_fraction", 0.2)),
+                                seed=seed)
+    fit_p = sorted(set(train_p) - set(val_p))
+    check_no_leak(train_p, test_p, what=f"fold {fold} (train vs test)")
+    check_no_leak(fit_p, val_p, what=f"fold {fold} (fit vs validation)")
+    unseen = _unseen_mask(obs, spec)
+    fit_m = np.isin(patient, fit_p) & ~unseen
+    val_m = np.isin(patient, val_p) & ~unseen
+    test_m = np.isin(patient, list(test_p))
+    log.info("fold %s: %d fit cells (%d patients), %d validation cells (%d patients), "
+             "%d test cells (%d patients), %d cells of unseen combinations withheld from training",
+             fold, fit_m.sum(), len(fit_p), val_m.sum(), len(val_p), test_m.sum(), len(test_p),
+             int((unseen & ~test_m).sum()))
+
+    # QC already ran per patient in load_cells, so the preprocessor does not filter again
+    pre = CellPreprocessor(nmads=None, **{k: v for k, v in spec.get("preprocess", {}).items()
+                                          if k in {"n_top_genes", "target_sum", "max_value"}})
+    pre.fit(adata[fit_m])
+    X_fit, X_val = pre.transform(adata[fit_m]), pre.transform(adata[val_m])
+    o_fit, o_val = obs[fit_m], obs[val_m]
+    has_state = "biocls_cell_state" in obs and known_mask(obs["biocls_cell_state"]).any()
+
+    def labels(o: pd.DataFrame, key: str) -> np.ndarray | None:
+        col = f"biocls_{key}"
+        return o[col].to_numpy(dtype=object) if col in o else None
+
+    params = {k: v for k, v in spec.get("model", {}).items() if k in MODEL_KEYS}
+    ckpt = Path(checkpoints) if checkpoints else None
+
+    def fit_model(head: str) -> CellClassifier:
+        model = CellClassifier(head=head, seed=seed, progress=bool(spec.get("progress", True)),
+                               checkpoint_dir=ckpt / head if ckpt else None, **params)
+        return model.fit(X_fit, labels(o_fit, "cell_type"), labels(o_fit, "cell_state"),
+                         X_val=X_val, cell_type_val=labels(o_val, "cell_type"),
+                         cell_state_val=labels(o_val, "cell_state"))
+
+    factored = fit_model("factored")
+    info = {"fold": fold, "fit_patients": fit_p, "validation_patients": val_p,
+            "test_patients": sorted(test_p), "preprocess": _preprocess_summary(pre, adata),
+            "history": factored.history_.as_dict()}
+    if final:
+        with atomic_path(out_dir) as tmp:
+            factored.save(tmp, extra={"spec_name": spec.get("name"), "keys": spec["keys"]})
+            pre.save(tmp / "preprocess")
+            write_json(tmp / "train_info.json", info)
+        return
+
+    X_test, o_test = pre.transform(adata[test_m]), obs[test_m]
+    proba = factored.predict_proba(X_test)
+    pred = pd.DataFrame({"cell_id": o_test.index.astype(str), "patient": o_test["biocls_patient"],
+                         "fold": int(fold), "true_cell_type": o_test["biocls_cell_type"]})
+    if has_state:
+        pred["true_cell_state"] = o_test["biocls_cell_state"].to_numpy(dtype=object)
+    vocab = {"cell_type": factored.types_, "cell_state": factored.states_}
+    for key, p in proba.items():
+        pred[f"pred_{key}"] = np.asarray(vocab[key])[p.argmax(1)]
+        pred[f"{key}_confidence"] = p.max(1)
+    if has_state:
+        joint = fit_model("joint").predict(X_test)
+        for key in HEADS:
+            pred[f"joint_pred_{key}"] = joint[key]
+    for key in HEADS if has_state else HEADS[:1]:
+        pred[f"logreg_pred_{key}"] = _logreg(X_fit, labels(o_fit, key), X_test, seed)
+    for key, p in proba.items():
+        for j, name in enumerate(vocab[key]):
+            pred[f"prob_{key}:{name}"] = p[:, j]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "fold_info.json", info)
+    write_tsv(out_dir / "predictions.tsv", pred)
+
+
+def _preprocess_summary(pre: Any, adata: ad.AnnData) -> dict[str, Any]:
+    note = ("raw counts: normalize_total + log1p, then highly variable genes and scaling fitted "
+            "on training patients" if pre.raw_counts_ else
+            "input is already normalised (X is not integer counts): normalize_total/log1p skipped;"
+            " highly variable genes and scaling fitted on training patients")
+    qc = adata.uns.get("biocls_qc", {})
+    return {"raw_counts": bool(pre.raw_counts_), "n_genes_in": len(pre.genes_),
+            "n_hvg": len(pre.hvg_), "note": note,
+            "qc_removed": int(sum(qc.get("n_removed", {}).values())) if qc else 0}
+
+
+def _logreg(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, seed: int) -> np.ndarray:
+    """CellTypist's method: multinomial logistic regression on the same features."""
+    from sklearn.linear_model import LogisticRegression
+
+    ok = known_mask(y)
+    clf = LogisticRegression(C=1.0, max_iter=300, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings on tiny folds
+        clf.fit(X[ok], np.asarray(y[ok]).astype(str))
+    return clf.predict(X_test)
+
+
+def evaluate(spec: dict[str, Any], *, splits: Path, folds_dir: Path, out_dir: Path) -> None:
+    """Gather out-of-fold predictions into ``predictions.tsv`` and ``metrics.json``."""
+    table = read_splits(str(splits))
+    n_folds = int(table["fold"].max()) + 1
+    parts = []
+    for k in range(n_folds):
+        f = folds_dir / str(k) / "predictions.tsv"
+        if not f.exists():
+            raise BioclsError("missing fold predictions", where=str(f), fix="run `biocls train`")
+        parts.append(pd.read_csv(f, sep="\t", dtype={"patient": str, "cell_id": str},
+                                 keep_default_na=True))
+    pred = pd.concat(parts, ignore_index=True)
+    if pred.groupby("patient")["fold"].nunique().max() > 1:
+        raise RuntimeError("a patient has out-of-fold predictions from two folds")
+    heads = [h for h in HEADS if f"true_{h}" in pred]
+    metrics: dict[str, Any] = {"task": "cells", "experiment": spec.get("name"),
+                               "n_patients": int(pred["patient"].nunique()),
+                               "n_cells": int(len(pred)), "folds": n_folds,
+                               "baselines": {"joint": {}, "logreg": {}}}
+    for h in heads:
+        metrics[h] = classification_metrics(pred[f"true_{h}"], pred[f"pred_{h}"])
+        for base in ("joint", "logreg"):
+            col = f"{base}_pred_{h}"
+            if col in pred:
+                metrics["baselines"][base][h] = classification_metrics(pred[f"true_{h}"], pred[col])
+        metrics[h]["by_fold"] = [classification_metrics(g[f"true_{h}"], g[f"pred_{h}"])["macro_f1"]
+                                 for _, g in pred.groupby("fold")]
+    per_patient: dict[str, Any] = {}
+    for p, g in pred.groupby("patient"):
+        entry: dict[str, Any] = {"fold": int(g["fold"].iloc[0]), "n_cells": int(len(g))}
+        for h in heads:
+            entry[h] = classification_metrics(g[f"true_{h}"], g[f"pred_{h}"])
+        per_patient[str(p)] = entry
+    metrics["per_patient"] = per_patient
+    metrics["unseen_combinations"] = _unseen_report(pred, spec)
+    info = [_read_json(folds_dir / str(k) / "fold_info.json") for k in range(n_folds)]
+    if info and info[0]:
+        metrics["preprocess"] = info[0].get("preprocess", {})
+    if spec.get("pseudo_patients"):
+        metrics["pseudo_groups"] = (
+            f"single donor split into {spec['pseudo_patients']} random pseudo-patients: "
+            "folds measure within-donor generalisation, optimistic for new patients")
+    write_tsv(out_dir / "predictions.tsv", pred)
+    write_json(out_dir / "metrics.json", metrics)
+
+
+def _unseen_report(pred: pd.DataFrame, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    if "true_cell_state" not in pred:
+        return rows
+    for t, s in spec.get("unseen_combinations", []) or []:
+        m = (pred["true_cell_type"].astype(str) == str(t)) & \
+            (pred["true_cell_state"].astype(str) == str(s))
+        g = pred[m]
+        row: dict[str, Any] = {"cell_type": str(t), "cell_state": str(s), "n_cells": int(m.sum())}
+        for name, prefix in (("factored", "pred_"), ("joint", "joint_pred_"),
+                             ("logreg", "logreg_pred_")):
+            if len(g) and f"{prefix}cell_state" in g:
+                both = (g[f"{prefix}cell_type"].astype(str) == str(t)) & \
+                       (g[f"{prefix}cell_state"].astype(str) == str(s))
+                row[f"{name}_both_correct"] = float(both.mean())
+            else:
+                row[f"{name}_both_correct"] = float("nan")
+        rows.append(row)
+    return rows
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def predict(model_dir: Path, input: Path, output: Path) -> None:
+    """Annotate a new ``.h5ad`` with the final model; writes ``biocls_*`` columns into ``obs``."""
+    from biocls.preprocess import CellPreprocessor
+
+    model_dir, input, output = Path(model_dir), Path(input), Path(output)
+    model = CellClassifier.load(model_dir)
+    pre = CellPreprocessor.load(model_dir / "preprocess")
+    if input.suffix != ".h5ad":
+        raise BioclsError(f"expected an .h5ad file, got '{input.suffix or 'no suffix'}'",
+                          where=str(input), fix="pass an AnnData .h5ad to --input")
+    try:
+        adata = ad.read_h5ad(input)
+    except Exception as e:
+        raise BioclsError(f"not a readable .h5ad ({type(e).__name__})", where=str(input),
+                          fix="write it with anndata's write_h5ad") from None
+    if adata.n_obs == 0 or adata.n_vars == 0:
+        raise BioclsError(f"has {adata.n_obs} cells and {adata.n_vars} genes", where=str(input),
+                          fix="supply at least one cell and one gene")
+    check_values(adata.X, where=f"{input}: X")
+    proba = model.predict_proba(pre.transform(adata))
+    vocab = {"cell_type": model.types_, "cell_state": model.states_}
+    for key, p in proba.items():
+        adata.obs[f"biocls_{key}"] = pd.Categorical(np.asarray(vocab[key])[p.argmax(1)])
+        adata.obs[f"biocls_{key}_confidence"] = p.max(1).astype(np.float32)
+    adata.uns["biocls_predict"] = {"params": {"model": str(model_dir)}}
+    with atomic_path(output) as tmp:
+        adata.write_h5ad(tmp)

@@ -1,0 +1,191 @@
+"""The one training loop, shared by every model: devices, seeds, early stopping, checkpoints.
+
+A task supplies three callables — batches for an epoch, a loss on a batch, a validation score —
+and :class:`Trainer` does the rest. Randomness is re-derived from ``(seed, epoch)`` at every epoch
+boundary, so a run resumed from a checkpoint continues exactly as an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from biocls._io import atomic_path
+
+__all__ = ["TrainHistory", "Trainer", "resolve_device", "seed_everything"]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` means CUDA when present, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch; ask torch for deterministic kernels where it has them."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+@dataclass
+class TrainHistory:
+    """What happened: per-epoch losses and validation scores, and the epoch kept."""
+
+    train_loss: list[float] = field(default_factory=list)
+    val_score: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    best_score: float = math.inf
+    resumed_from: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"train_loss": self.train_loss, "val_score": self.val_score,
+                "best_epoch": self.best_epoch, "best_score": self.best_score,
+                "resumed_from": self.resumed_from}
+
+
+class Trainer:
+    """Fit a torch module with AdamW and early stopping on a validation score (lower is better).
+
+    Parameters
+    ----------
+    max_epochs, patience
+        Stop after ``max_epochs`` or when the validation score has not improved for ``patience``
+        epochs; the best epoch's weights are restored.
+    lr, weight_decay
+        AdamW settings.
+    device
+        ``"auto"`` (CUDA when present), ``"cpu"`` or ``"cuda"``.
+    seed
+        Seeds the initial weights (when the caller builds the module after :func:`seed_everything`)
+        and every epoch's shuffling and dropout.
+    checkpoint_dir
+        Where to write ``checkpoint.pt`` at each epoch boundary; an existing checkpoint is resumed.
+    progress
+        Show a progress bar.
+    """
+
+    def __init__(self, *, max_epochs: int = 100, patience: int = 10, lr: float = 1e-3,
+                 weight_decay: float = 0.0, device: str | torch.device = "auto", seed: int = 0,
+                 checkpoint_dir: str | Path | None = None, progress: bool = True,
+                 desc: str = "train", grad_clip: float | None = 5.0) -> None:
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.device = device
+        self.seed = seed
+        self.checkpoint_dir = checkpoint_dir
+        self.progress = progress
+        self.desc = desc
+        self.grad_clip = grad_clip
+
+    def fit(
+        self,
+        module: nn.Module,
+        *,
+        batches: Callable[[np.random.Generator], Iterable[Any]],
+        loss: Callable[[nn.Module, Any], torch.Tensor],
+        validate: Callable[[nn.Module], float] | None = None,
+    ) -> TrainHistory:
+        """Train ``module`` in place and return its history.
+
+        ``batches(rng)`` yields one epoch of batches, drawing any randomness from ``rng``;
+        ``loss(module, batch)`` returns a scalar tensor; ``validate(module)`` is called in eval
+        mode without gradients. Without ``validate`` the training loss is used for stopping.
+        """
+        if self.max_epochs < 1 or self.patience < 1:
+            raise ValueError("max_epochs and patience must be >= 1")
+        device = resolve_device(self.device)
+        module.to(device)
+        opt = torch.optim.AdamW(module.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        hist = TrainHistory()
+        best_state = copy.deepcopy(module.state_dict())
+        bad = 0
+        start = 0
+        ckpt = Path(self.checkpoint_dir) / CHECKPOINT if self.checkpoint_dir else None
+        if ckpt is not None and ckpt.exists():
+            state = torch.load(ckpt, map_location=device, weights_only=True)
+            module.load_state_dict(state["module"])
+            opt.load_state_dict(state["optimizer"])
+            best_state = state["best_state"]
+            bad = int(state["bad_epochs"])
+            hist = TrainHistory(**{**state["history"], "resumed_from": int(state["epoch"])})
+            start = int(state["epoch"])
+            log.info("%s: resuming from %s after epoch %d", self.desc, ckpt, start)
+        bar = tqdm(total=self.max_epochs, initial=start, desc=self.desc, unit="epoch",
+                   disable=not self.progress, leave=False)
+        epoch = start
+        try:
+            for epoch in range(start, self.max_epochs):
+                if bad >= self.patience:
+                    break
+                torch.manual_seed(self.seed * 100_003 + epoch)
+                rng = np.random.default_rng([self.seed, epoch])
+                module.train()
+                total, n = 0.0, 0
+                for batch in batches(rng):
+                    opt.zero_grad(set_to_none=True)
+                    value = loss(module, batch)
+                    value.backward()
+                    if self.grad_clip:
+                        nn.utils.clip_grad_norm_(module.parameters(), self.grad_clip)
+                    opt.step()
+                    total += float(value.detach())
+                    n += 1
+                train_loss = total / max(n, 1)
+                if validate is not None:
+                    module.eval()
+                    with torch.no_grad():
+                        score = float(validate(module))
+                else:
+                    score = train_loss
+                hist.train_loss.append(train_loss)
+                hist.val_score.append(score)
+                if score < hist.best_score - 1e-6:
+                    hist.best_score, hist.best_epoch, bad = score, epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+                else:
+                    bad += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{score:.4f}")
+                if ckpt is not None:
+                    self._save(ckpt, module, opt, best_state, bad, hist, epoch + 1)
+        finally:
+            bar.close()
+        module.load_state_dict(best_state)
+        module.eval()
+        log.info("%s: stopped after %d epochs, best epoch %d (val %.4f)", self.desc,
+                 len(hist.train_loss), hist.best_epoch + 1, hist.best_score)
+        return hist
+
+    @staticmethod
+    def _save(path: Path, module: nn.Module, opt: torch.optim.Optimizer,
+              best_state: dict[str, torch.Tensor], bad: int, hist: TrainHistory,
+              epoch: int) -> None:
+        state = {"module": module.state_dict(), "optimizer": opt.state_dict(),
+                 "best_state": best_state, "bad_epochs": bad, "epoch": epoch,
+                 "history": {k: v for k, v in hist.as_dict().items() if k != "resumed_from"}}
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)

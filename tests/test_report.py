@@ -1,0 +1,283 @@
+"""The report renderer: one page per patient, escaped user data, self-contained, atomic."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from biocls import BioclsError
+from biocls.report import _plots, page_names, render_reports
+from biocls.report._render import enriched_kmers, roc_curve
+
+EVIL = "<script>alert(1)</script>"
+AMP_LABEL = "B & plasma"
+PATIENTS = ["P1", "p1", EVIL, "007"]  # case clash, markup, leading zeros
+
+
+def _write(path: Path, frame: pd.DataFrame) -> None:
+    frame.to_csv(path, sep="\t", index=False)
+
+
+def _cells_results(root: Path, *, with_state: bool = True) -> Path:
+    rng = np.random.default_rng(0)
+    d = root / "results" / "cells_exp"
+    d.mkdir(parents=True)
+    _write(d / "splits.tsv", pd.DataFrame({"patient": PATIENTS, "fold": [0, 1, 0, 1]}))
+    types, states = ["T", AMP_LABEL, "NK"], ["rest", "cycling"]
+    rows = []
+    for i in range(32):
+        patient = PATIENTS[i % 3]  # "007" gets no cells: its page must still exist
+        t, s = types[i % 3], states[i % 2]
+        row = {
+            "cell_id": f"c{i}",
+            "patient": patient,
+            "fold": PATIENTS.index(patient) % 2,
+            "true_cell_type": t,
+            "pred_cell_type": t if i % 5 else types[(i + 1) % 3],
+            "cell_type_confidence": rng.uniform(0.3, 1.0),
+            "joint_pred_cell_type": t,
+            "logreg_pred_cell_type": t,
+        }
+        if with_state:
+            row.update(
+                {
+                    "true_cell_state": "" if i % 7 == 0 else s,
+                    "pred_cell_state": s if i % 4 else states[(i + 1) % 2],
+                    "cell_state_confidence": rng.uniform(0.3, 1.0),
+                    "joint_pred_cell_state": s,
+                    "logreg_pred_cell_state": s,
+                }
+            )
+        for lab in types:
+            row[f"prob_cell_type:{lab}"] = 1 / 3
+        rows.append(row)
+    _write(d / "predictions.tsv", pd.DataFrame(rows))
+    head = {"macro_f1": 0.8123, "balanced_accuracy": 0.7891, "accuracy": 0.85}
+    metrics = {
+        "task": "cells",
+        "experiment": "exp <b>bold</b>",
+        "n_patients": 4,
+        "n_cells": 32,
+        "folds": 2,
+        "cell_type": head,
+        "cell_state": {"macro_f1": 0.6543, "balanced_accuracy": 0.6, "accuracy": 0.7},
+        "baselines": {
+            "joint": {"cell_type": {"macro_f1": 0.7011}, "cell_state": {"macro_f1": 0.7777}},
+            "logreg": {"cell_type": {"macro_f1": 0.5}, "cell_state": {"macro_f1": 0.4}},
+        },
+        "per_patient": {
+            p: {
+                "fold": k % 2,
+                "n_cells": 11,
+                "cell_type": {"macro_f1": 0.9, "accuracy": 0.91},
+                "cell_state": {"macro_f1": 0.55, "accuracy": 0.6},
+            }
+            for k, p in enumerate(PATIENTS[:3])
+        },
+        "unseen_combinations": [
+            {
+                "cell_type": AMP_LABEL,
+                "cell_state": "cycling",
+                "n_cells": 5,
+                "factored_both_correct": 0.6,
+                "joint_both_correct": 0.0,
+                "logreg_both_correct": 0.2,
+            }
+        ],
+        "certificate": {
+            "cell_type": {"bound": 0.3141, "test_error": 0.15, "delta": 0.05, "m": 100}
+        },
+        "preprocess": {"raw_counts": True, "note": "normalised & log1p"},
+        "pseudo_groups": "one donor: cells split into 4 pseudo-patients",
+    }
+    if not with_state:
+        del metrics["cell_state"], metrics["unseen_combinations"]
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    return d
+
+
+def _repertoire_results(root: Path) -> Path:
+    rng = np.random.default_rng(1)
+    d = root / "results" / "rep_exp"
+    d.mkdir(parents=True)
+    subjects = ["S1", EVIL, "S 3"]
+    _write(d / "splits.tsv", pd.DataFrame({"patient": subjects, "fold": [0, 1, 2]}))
+    reps = [(f"r{i}", subjects[i % 3], i % 3, i % 2) for i in range(6)]
+    _write(
+        d / "predictions.tsv",
+        pd.DataFrame(
+            [
+                {
+                    "repertoire_id": r,
+                    "patient": p,
+                    "fold": f,
+                    "label": y,
+                    "probability": 0.3 + 0.4 * y + 0.05 * i,
+                    "kmer_probability": 0.5,
+                }
+                for i, (r, p, f, y) in enumerate(reps)
+            ]
+        ),
+    )
+    aa = np.array(list("ACDEFGHIKLMNPQRSTVWY"))
+    att = [
+        {
+            "repertoire_id": r,
+            "patient": p,
+            "rank": k + 1,
+            "junction_aa": "CASS" + "".join(rng.choice(aa, 6)) + ("GGG" if y else "") + "F",
+            "v_call": "TRBV5-1",
+            "j_call": "TRBJ2-7",
+            "duplicate_count": int(rng.integers(1, 9)),
+            "weight": 1 / (k + 1),
+        }
+        for r, p, _, y in reps
+        for k in range(4)
+    ]
+    att[0]["junction_aa"] = "CASS<img>F"
+    _write(d / "attention.tsv", pd.DataFrame(att))
+    _write(
+        d / "patterns.tsv",
+        pd.DataFrame(
+            [
+                {
+                    "pattern": q,
+                    "rank": k + 1,
+                    "junction_aa": f"CASSGGG{q}{k}F",
+                    "similarity": 0.9 - 0.1 * k,
+                }
+                for q in range(10)
+                for k in range(3)
+            ]
+        ),
+    )
+    metrics = {
+        "task": "repertoires",
+        "experiment": "reps",
+        "n_patients": 3,
+        "n_repertoires": 6,
+        "folds": 3,
+        "pooling": "attention",
+        "roc_auc": {"mean": 0.8771, "sd": 0.05, "folds": [0.9, 0.85, 0.88]},
+        "baselines": {
+            "kmer_logreg": {"roc_auc": {"mean": 0.6123, "sd": 0.1, "folds": [0.6, 0.5, 0.7]}}
+        },
+        "per_patient": {
+            s: {"probability": 0.4321, "label": 1, "fold": k} for k, s in enumerate(subjects)
+        },
+        "dropped_sequences": {"r0": {"invalid": 3, "empty": 1}},
+    }
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    return d
+
+
+def _check_pages(results: Path, paths: list[Path], n_patients: int) -> tuple[str, list[str]]:
+    reports = results / "reports"
+    assert paths[0] == reports / "index.html"
+    pages = sorted((reports / "patients").glob("*.html"))
+    assert len(pages) == n_patients == len(paths) - 1
+    assert sorted(paths[1:]) == pages
+    index = (reports / "index.html").read_text()
+    texts = [index] + [p.read_text() for p in pages]
+    for page in pages:
+        assert re.fullmatch(r"[A-Za-z0-9._-]+\.html", page.name)
+        assert f'href="patients/{page.name}"' in index
+        assert 'href="../index.html"' in page.read_text()
+    for text in texts:
+        assert "<script" not in text.lower()
+        assert "http" not in text  # self-contained: no external links, scripts or fonts
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index
+    return index, texts
+
+
+def test_cells_report(tmp_path: Path) -> None:
+    results = _cells_results(tmp_path)
+    paths = render_reports(results)
+    index, texts = _check_pages(results, paths, len(PATIENTS))
+    for value in ("0.812", "0.789", "0.654", "0.701", "0.778", "0.314"):  # metrics and certificate
+        assert value in index
+    assert '<td class="num best">0.778</td>' in index  # joint wins cell-state macro-F1
+    assert "B &amp; plasma" in index and "B & plasma" not in index
+    assert "exp &lt;b&gt;bold&lt;/b&gt;" in index
+    assert "pseudo-patients" in index and "exchangeable" in index
+    assert index.count("data:image/png;base64,") == 4  # 3 confusion matrices + unseen bars
+    assert "biocls report --results" in index
+    evil_page = (
+        results / "reports" / "patients" / f"{page_names(PATIENTS)[EVIL]}.html"
+    ).read_text()
+    assert "Patient &lt;script&gt;alert(1)&lt;/script&gt;" in evil_page
+    assert evil_page.count("data:image/png;base64,") == 2  # composition + confidence
+    assert "most frequent mistakes" in evil_page
+    empty_page = (results / "reports" / "patients" / "007.html").read_text()
+    assert "no rows in predictions.tsv" in empty_page
+
+
+def test_cells_without_state(tmp_path: Path) -> None:
+    results = _cells_results(tmp_path, with_state=False)
+    index, _ = _check_pages(results, render_reports(results), len(PATIENTS))
+    assert "state macro-F1" not in index and "Unseen" not in index
+
+
+def test_repertoire_report(tmp_path: Path) -> None:
+    results = _repertoire_results(tmp_path)
+    out = tmp_path / "elsewhere"
+    paths = render_reports(results, out)
+    assert paths[0] == out / "index.html" and not (results / "reports").exists()
+    out.rename(results / "reports")
+    index, texts = _check_pages(
+        results, [results / "reports" / p.relative_to(out) for p in paths], 3
+    )
+    assert "0.877" in index and "0.612" in index and "0.432" in index
+    assert index.count("data:image/png;base64,") == 2  # ROC + per-fold AUC
+    assert index.count("<h3>Pattern ") == 8  # first 8 of 10 patterns
+    page = (results / "reports" / "patients" / "S1.html").read_text()
+    assert "CASS&lt;IMG&gt;F" in page and "<IMG>" not in page
+    assert "TRBV5-1" in page and "3 invalid" in page and "Enriched 3-mers" in page
+    assert (results / "reports" / "patients" / "S_3.html").exists()
+
+
+def test_failure_leaves_no_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    results = _cells_results(tmp_path)
+
+    def boom(*args: object, **kwargs: object) -> str:
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(_plots, "confidence_histograms", boom)
+    with pytest.raises(RuntimeError, match="plot failed"):
+        render_reports(results)
+    assert not (results / "reports").exists()
+    assert [p.name for p in results.iterdir() if p.name.startswith(".")] == []
+
+
+def test_user_errors_before_writing(tmp_path: Path) -> None:
+    results = _cells_results(tmp_path)
+    (results / "predictions.tsv").unlink()
+    with pytest.raises(BioclsError, match="predictions.tsv"):
+        render_reports(results)
+    (results / "metrics.json").write_text(json.dumps({"task": "images"}))
+    with pytest.raises(BioclsError, match="unknown task 'images'"):
+        render_reports(results)
+    assert not (results / "reports").exists()
+
+
+def test_page_names_are_safe_and_unique() -> None:
+    names = page_names(["a/b", "a b", "A_b", "..", "", "ok-1.x"])
+    assert list(names.values()) == ["a_b", "a_b-2", "A_b-3", "_..", "patient", "ok-1.x"]
+
+
+def test_roc_and_kmers() -> None:
+    y = np.array([0, 0, 1, 1, 1, 0], dtype=float)
+    s = np.array([0.1, 0.4, 0.35, 0.8, 0.5, 0.5])  # one tie across classes
+    _, _, auc = roc_curve(y, s)
+    pos, neg = s[y == 1], s[y == 0]
+    mw = np.mean([(p > n) + 0.5 * (p == n) for p in pos for n in neg])
+    assert auc == pytest.approx(mw)
+    background = Counter({"AAA": 1, "GGG": 10, "CCC": 50})
+    top = enriched_kmers(["AAAA"], background)
+    assert top[0]["kmer"] == "AAA" and top[0]["n"] == 2 and top[0]["log2_ratio"] > 0

@@ -1,0 +1,1 @@
+# Immune-repertoire experiments (task: repertoires).
