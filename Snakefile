@@ -16,6 +16,7 @@ report: "workflows/report/workflow.rst"
 
 include: "workflows/rules/common.smk"
 include: "workflows/rules/cells.smk"
+include: "workflows/rules/certify.smk"
 include: "workflows/rules/repertoires.smk"
 include: "workflows/rules/reports.smk"
 

@@ -25,8 +25,9 @@ typical order (the Snakemake workflow runs these for you):
   biocls simulate cells --out data/demo.h5ad
   biocls split    --spec SPEC --out results/EXP/splits.tsv
   biocls train    --spec SPEC --splits results/EXP/splits.tsv --fold 0 --out results/EXP/folds/0
+  biocls certify  --spec SPEC --splits results/EXP/splits.tsv --out results/EXP/certificate.json
   biocls evaluate --spec SPEC --splits results/EXP/splits.tsv --folds-dir results/EXP/folds \\
-                  --out results/EXP
+                  --out results/EXP [--certificate results/EXP/certificate.json]
   biocls report   --results results/EXP
   biocls predict  --model results/EXP/model --input new.h5ad --output annotated.h5ad
 
@@ -134,8 +135,17 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec)
+    extra = {"certificate": Path(args.certificate)} if args.certificate else {}
     _pipeline(spec).evaluate(spec, splits=Path(args.splits), folds_dir=Path(args.folds_dir),
-                             out_dir=Path(args.out))
+                             out_dir=Path(args.out), **extra)
+
+
+def cmd_certify(args: argparse.Namespace) -> None:
+    from biocls.certify import certify
+
+    spec = load_spec(args.spec)
+    certify(spec, splits=Path(args.splits), out=Path(args.out), threads=args.threads)
+    log.info("wrote %s", args.out)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -213,6 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--splits", required=True)
     s.add_argument("--folds-dir", required=True)
     s.add_argument("--out", required=True, help="experiment results folder")
+    s.add_argument("--certificate", help="certificate.json from `biocls certify`, merged into "
+                                         "metrics.json under 'certificate'")
+
+    s = verb("certify", cmd_certify, "RATT error certificate: train with held-out patients' "
+                                     "cells given random labels; bound the test error per head")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--splits", required=True, help="splits.tsv; fold `certify.fold` (default 0) "
+                                                   "is the randomly labelled set")
+    s.add_argument("--out", required=True, help="certificate.json to write")
+    s.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
 
     s = verb("report", cmd_report, "render reports/index.html and one page per patient")
     s.add_argument("--results", required=True, help="results/<experiment>")

@@ -49,10 +49,8 @@ def test_structure_counts_names_and_params(tmp_path):
     assert names.str.startswith(("RPS", "RPL")).sum() >= 1
     assert "GENE0001" in names
     params = adata.uns["biocls_simulate"]["params"]
-    assert params["seed"] == 0 and params["n_types"] == 3 and list(params["states"]) == [
-        "healthy",
-        "sick",
-    ]
+    assert params["seed"] == 0 and params["n_types"] == 3
+    assert list(params["states"]) == ["healthy", "sick"]
     adata.write_h5ad(tmp_path / "sim.h5ad")  # uns must be serialisable
 
 
@@ -144,3 +142,25 @@ def test_low_quality_cells_have_small_libraries_and_high_mt():
     mt = np.asarray(adata.X[:, adata.var["mt"].to_numpy()].sum(axis=1)).ravel() / totals
     assert np.median(totals[low]) < 0.3 * np.median(totals[~low])
     assert np.median(mt[low]) > 4 * np.median(mt[~low])
+
+
+def test_independent_states_are_extra_yes_no_labels_and_leave_the_rest_alone():
+    base = simulate_cells(n_patients=3, cells_per_patient=200, n_genes=1000, seed=4)
+    extra = simulate_cells(n_patients=3, cells_per_patient=200, n_genes=1000, seed=4,
+                           independent_states={"cycling": 0.3})
+    assert "cycling" not in base.obs
+    assert set(np.unique(extra.obs["cycling"])) == {0.0, 1.0}
+    assert 0.1 < extra.obs["cycling"].mean() < 0.5
+    # independent of cell_state: cycling cells of several states exist
+    assert extra.obs.loc[extra.obs["cycling"] == 1, "cell_state"].nunique() >= 2
+    # same types and states; the cycling program raises some genes in cycling cells
+    assert (base.obs["cell_state"].to_numpy() == extra.obs["cell_state"].to_numpy()).all()
+    cyc = (extra.obs["cycling"] == 1).to_numpy()
+    X = extra.X.toarray()
+    X = X / X.sum(1, keepdims=True)
+    expressed = X.mean(0) > 0.5 / X.shape[1]
+    lfc = np.log((X[cyc].mean(0) + 1e-5) / (X[~cyc].mean(0) + 1e-5))[expressed]
+    assert (lfc > 0.4).sum() >= 6  # 15 program genes; 1 such gene without the program
+    with pytest.raises(BioclsError, match="independent_states"):
+        simulate_cells(n_patients=1, cells_per_patient=10, n_genes=100,
+                       independent_states={"cycling": 1.5})

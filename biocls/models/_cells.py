@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from biocls.losses import masked_cross_entropy
+from biocls.losses import PARTIAL_MODES, masked_cross_entropy, partial_label_loss
 from biocls.models._encoders import ENCODERS, MixerEncoder, MLPEncoder, gene_modules
 from biocls.models._heads import HEADS, FactoredHeads, JointHead
 from biocls.models._io import load_model_files, save_model_files
@@ -18,17 +18,43 @@ from biocls.train import Trainer, TrainHistory, resolve_device, seed_everything
 
 __all__ = ["CellClassifier", "CellNet"]
 
+STATE_INPUTS = ("centred", "raw")
+
 
 class CellNet(nn.Module):
-    """Encoder then head: ``[B, G] → dict of [B, C] logits``."""
+    """Encoder then head: ``[B, G] → dict of [B, C] logits``.
 
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+    With ``type_means`` (``[n_types, G]``, mean training profile per type) the state head reads
+    the encoding of a *type-centred* profile ``x − p(type|x) · type_means``: the cell's deviation
+    from what its type usually looks like. A state programme shared across types then shows up
+    the same way in every type, including a type never seen in that state during training.
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module,
+                 type_means: torch.Tensor | None = None,
+                 skip: dict[str, int] | None = None, in_features: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
+        # a linear path from the genes to each head ("wide & deep"): the linear part of the
+        # signal needs no depth, and the deep part is left the interactions
+        self.skip = nn.ModuleDict({k: nn.Linear(in_features, n) for k, n in (skip or {}).items()})
+        if type_means is not None:
+            self.register_buffer("type_means", torch.as_tensor(type_means, dtype=torch.float32))
+        else:
+            self.type_means = None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.head(self.encoder(x))
+        out = self.head(self.encoder(x))
+        if "cell_type" in self.skip:
+            out["cell_type"] = out["cell_type"] + self.skip["cell_type"](x)
+        if self.type_means is not None and "cell_state" in out:
+            p = out["cell_type"].detach().softmax(-1)
+            x = x - p @ self.type_means
+            out["cell_state"] = self.head.state_logits(self.encoder(x))
+        if "cell_state" in self.skip and "cell_state" in out:
+            out["cell_state"] = out["cell_state"] + self.skip["cell_state"](x)
+        return out
 
 
 class CellClassifier:
@@ -44,16 +70,23 @@ class CellClassifier:
     """
 
     def __init__(self, *, encoder: str = "mlp", head: str = "factored",
-                 hidden: Sequence[int] = (256, 128), dropout: float = 0.2, n_modules: int = 32,
+                 hidden: Sequence[int] = (256, 128), dropout: float = 0.2,
+                 input_dropout: float = 0.0, n_modules: int = 32,
                  mixer_dim: int = 64, mixer_depth: int = 2, lr: float = 1e-3,
                  weight_decay: float = 1e-4, batch_size: int = 256, max_epochs: int = 40,
-                 patience: int = 5, state_weight: float = 1.0, device: str = "auto",
+                 patience: int = 5, state_weight: float = 1.0, state_input: str = "centred",
+                 linear_skip: bool = False, device: str = "auto",
                  seed: int = 0, progress: bool = True,
-                 checkpoint_dir: str | Path | None = None) -> None:
+                 checkpoint_dir: str | Path | None = None, state_mode: str = "single",
+                 partial_loss: str = "selective", gamma_pos: float = 0.0,
+                 gamma_neg: float = 1.0, gamma_unann: float = 2.0,
+                 priors: Sequence[float] | dict[str, float] | None = None,
+                 prior_threshold: float = 0.5, likelihood_topk: float = 0.5) -> None:
         self.encoder = encoder
         self.head = head
         self.hidden = hidden
         self.dropout = dropout
+        self.input_dropout = input_dropout
         self.n_modules = n_modules
         self.mixer_dim = mixer_dim
         self.mixer_depth = mixer_depth
@@ -63,10 +96,20 @@ class CellClassifier:
         self.max_epochs = max_epochs
         self.patience = patience
         self.state_weight = state_weight
+        self.state_input = state_input
+        self.linear_skip = linear_skip
         self.device = device
         self.seed = seed
         self.progress = progress
         self.checkpoint_dir = checkpoint_dir
+        self.state_mode = state_mode
+        self.partial_loss = partial_loss
+        self.gamma_pos = gamma_pos
+        self.gamma_neg = gamma_neg
+        self.gamma_unann = gamma_unann
+        self.priors = priors
+        self.prior_threshold = prior_threshold
+        self.likelihood_topk = likelihood_topk
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, X: np.ndarray, cell_type: Sequence[str], cell_state: Sequence[Any] | None = None,
@@ -77,12 +120,20 @@ class CellClassifier:
             raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.state_input not in STATE_INPUTS:
+            raise ValueError(f"state_input must be one of {STATE_INPUTS}, got {self.state_input!r}")
         X = np.ascontiguousarray(X, dtype=np.float32)
         self.types_ = sorted(set(map(str, cell_type)))
-        known = [] if cell_state is None else [s for s in cell_state if _known(s)]
-        self.states_ = sorted(set(map(str, known)))
-        yt = self._codes(cell_type, self.types_)
-        ys = self._codes(cell_state, self.states_, n=len(yt))
+        multilabel = self._check_state_mode()
+        if multilabel:
+            self.states_, ys = _multilabel_codes(cell_state, len(X))
+            yt = self._codes(cell_type, self.types_)
+        else:
+            known = [] if cell_state is None else [s for s in cell_state if _known(s)]
+            self.states_ = sorted(set(map(str, known)))
+            yt = self._codes(cell_type, self.types_)
+            ys = self._codes(cell_state, self.states_, n=len(yt))
+        self.priors_ = self._fit_priors(X, cell_type, cell_state) if multilabel else None
         if self.head == "joint":
             if len(self.states_) < 1:
                 raise ValueError("the joint head needs cell_state labels")
@@ -92,6 +143,9 @@ class CellClassifier:
         self.modules_ = (gene_modules(X, self.n_modules, seed=self.seed)
                          if self.encoder == "mixer" else None)
         self.n_features_in_ = X.shape[1]
+        self.type_means_ = None
+        if self.head == "factored" and self.state_input == "centred" and self.states_:
+            self.type_means_ = np.stack([X[yt == k].mean(0) for k in range(len(self.types_))])
         self.net_ = self._build()
         device = resolve_device(self.device)
         Xt, Yt, Ys = torch.from_numpy(X), torch.from_numpy(yt), torch.from_numpy(ys)
@@ -100,15 +154,17 @@ class CellClassifier:
         if X_val is not None and len(X_val):
             Xv = torch.from_numpy(np.ascontiguousarray(X_val, dtype=np.float32))
             Yv = torch.from_numpy(self._codes(cell_type_val, self.types_, unknown_ok=True))
-            Sv = torch.from_numpy(self._codes(cell_state_val, self.states_, n=len(Yv),
-                                              unknown_ok=True))
+            Sv = torch.from_numpy(
+                _multilabel_codes(cell_state_val, len(Yv), names=self.states_)[1] if multilabel
+                else self._codes(cell_state_val, self.states_, n=len(Yv), unknown_ok=True))
 
             def validate(net: nn.Module) -> float:
                 total = 0.0
                 for i in range(0, len(Xv), 4096):
                     out = net(Xv[i:i + 4096].to(device))
                     total += float(self._loss(out, Yv[i:i + 4096].to(device),
-                                              Sv[i:i + 4096].to(device), None)) * len(out["cell_type"])
+                                              Sv[i:i + 4096].to(device), None, validation=True)
+                                  ) * len(out["cell_type"])
                 return total / len(Xv)
 
         bs = self.batch_size
@@ -135,7 +191,7 @@ class CellClassifier:
         return self
 
     def _loss(self, out: dict[str, torch.Tensor], t: torch.Tensor, s: torch.Tensor,
-              pair_of: torch.Tensor | None) -> torch.Tensor:
+              pair_of: torch.Tensor | None, *, validation: bool = False) -> torch.Tensor:
         if self.head == "joint" and pair_of is not None:
             pair = torch.where(s >= 0, pair_of.to(t.device)[t, s.clamp_min(0)], -1)
             # cells without a state still teach the type marginal
@@ -143,8 +199,60 @@ class CellClassifier:
             return masked_cross_entropy(out["pair"], pair) + type_only
         value = masked_cross_entropy(out["cell_type"], t)
         if "cell_state" in out:
-            value = value + self.state_weight * masked_cross_entropy(out["cell_state"], s)
+            value = value + self.state_weight * self._state_loss(out["cell_state"], s,
+                                                                 validation=validation)
         return value
+
+    def _state_loss(self, logits: torch.Tensor, s: torch.Tensor, *,
+                    validation: bool = False) -> torch.Tensor:
+        """Softmax cross-entropy (single-label) or the partial-label loss (multi-label).
+
+        Validation always scores annotated entries only (``ignore``), so early stopping compares
+        epochs on labels that are known, whatever the training mode.
+        """
+        if self.state_mode != "multilabel":
+            return masked_cross_entropy(logits, s)
+        priors = getattr(self, "priors_", None)
+        return partial_label_loss(
+            logits, s, mode="ignore" if validation else self.partial_loss,
+            gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg, gamma_unann=self.gamma_unann,
+            priors=None if priors is None else torch.tensor(priors, device=logits.device),
+            prior_threshold=self.prior_threshold, likelihood_topk=self.likelihood_topk)
+
+    def _check_state_mode(self) -> bool:
+        if self.state_mode not in ("single", "multilabel"):
+            raise ValueError("state_mode must be 'single' or 'multilabel', "
+                             f"got {self.state_mode!r}")
+        if self.partial_loss not in PARTIAL_MODES:
+            raise ValueError(f"partial_loss must be one of {PARTIAL_MODES}, "
+                             f"got {self.partial_loss!r}")
+        if self.state_mode == "multilabel" and self.head != "factored":
+            raise ValueError("multi-label states need head='factored'")
+        return self.state_mode == "multilabel"
+
+    def _fit_priors(self, X: np.ndarray, cell_type: Sequence[str],
+                    cell_state: Any) -> list[float] | None:
+        """Class priors for the selective loss: supplied, or the mean prediction of a first model.
+
+        CSL estimates each label's prior as the average predicted probability of a model trained
+        with unknowns ignored; that first model is fitted here on the same cells.
+        """
+        if self.partial_loss != "selective":
+            return None
+        if self.priors is not None:
+            if isinstance(self.priors, dict):
+                missing = sorted(set(self.states_) - set(self.priors))
+                if missing:
+                    raise ValueError(f"priors lacks state label(s) {missing}")
+                return [float(self.priors[n]) for n in self.states_]
+            if len(self.priors) != len(self.states_):
+                raise ValueError(f"priors has {len(self.priors)} values for "
+                                 f"{len(self.states_)} state labels")
+            return [float(v) for v in self.priors]
+        first = CellClassifier(**{**self.get_params(), "partial_loss": "ignore",
+                                  "progress": False}, checkpoint_dir=None)
+        first.fit(X, cell_type, cell_state)
+        return first.predict_proba(X)["cell_state"].mean(0).astype(float).tolist()
 
     def _pair_lookup(self) -> torch.Tensor:
         table = torch.full((len(self.types_), len(self.states_)), -1, dtype=torch.long)
@@ -157,13 +265,19 @@ class CellClassifier:
             enc: nn.Module = MixerEncoder(self.modules_, dim=self.mixer_dim,
                                           depth=self.mixer_depth, dropout=self.dropout)
         else:
-            enc = MLPEncoder(self.n_features_in_, self.hidden, self.dropout)
+            enc = MLPEncoder(self.n_features_in_, self.hidden, self.dropout, self.input_dropout)
         if self.head == "joint":
             head: nn.Module = JointHead(enc.out_features, torch.tensor(self.pairs_),
                                         len(self.types_), len(self.states_))
         else:
             head = FactoredHeads(enc.out_features, len(self.types_), len(self.states_))
-        return CellNet(enc, head)
+        means = None if self.type_means_ is None else torch.as_tensor(self.type_means_)
+        skip = None
+        if self.linear_skip and self.head == "factored":
+            skip = {"cell_type": len(self.types_)}
+            if self.states_:
+                skip["cell_state"] = len(self.states_)
+        return CellNet(enc, head, means, skip, self.n_features_in_)
 
     # -- prediction ----------------------------------------------------------------------------
     def predict_proba(self, X: np.ndarray, *, batch_size: int = 8192) -> dict[str, np.ndarray]:
@@ -182,14 +296,20 @@ class CellClassifier:
                 out = net(torch.from_numpy(X[i:i + batch_size]).to(device))
                 for k in ("cell_type", "cell_state"):
                     if k in out:
-                        parts.setdefault(k, []).append(out[k].softmax(-1).cpu().numpy())
+                        sigmoid = k == "cell_state" and self.state_mode == "multilabel"
+                        prob = out[k].sigmoid() if sigmoid else out[k].softmax(-1)
+                        parts.setdefault(k, []).append(prob.cpu().numpy())
         self.net_.to("cpu")
         return {k: np.concatenate(v) for k, v in parts.items()}
 
     def predict(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Labels per head; multi-label states give a ``[N, L]`` 0/1 array (threshold 0.5)."""
         proba = self.predict_proba(X)
         vocab = {"cell_type": self.types_, "cell_state": self.states_}
-        return {k: np.asarray(vocab[k])[p.argmax(1)] for k, p in proba.items()}
+        out = {k: np.asarray(vocab[k])[p.argmax(1)] for k, p in proba.items()}
+        if self.state_mode == "multilabel" and "cell_state" in proba:
+            out["cell_state"] = (proba["cell_state"] >= 0.5).astype(np.int8)
+        return out
 
     # -- persistence ---------------------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -200,7 +320,8 @@ class CellClassifier:
         meta = {"kind": "CellClassifier", "params": self.get_params(), "types": self.types_,
                 "states": self.states_, "n_features_in": self.n_features_in_,
                 "pairs": getattr(self, "pairs_", None), "modules": self.modules_,
-                "history": self.history_.as_dict(), **(extra or {})}
+                "history": self.history_.as_dict(), "priors": getattr(self, "priors_", None),
+                **(extra or {})}
         save_model_files(directory, self.net_, meta)
 
     @classmethod
@@ -210,9 +331,12 @@ class CellClassifier:
         self.types_, self.states_ = meta["types"], meta["states"]
         self.n_features_in_ = meta["n_features_in"]
         self.modules_ = meta["modules"]
+        n_means = (len(self.types_), self.n_features_in_)
+        self.type_means_ = np.zeros(n_means, np.float32) if "type_means" in state else None
         if meta.get("pairs") is not None:
             self.pairs_ = [tuple(p) for p in meta["pairs"]]
         self.history_ = TrainHistory(**meta["history"])
+        self.priors_ = meta.get("priors")
         self.net_ = self._build()
         self.net_.load_state_dict(state)
         self.net_.eval()
@@ -240,3 +364,33 @@ class CellClassifier:
 
 def _known(v: Any) -> bool:
     return v is not None and not (isinstance(v, float) and np.isnan(v)) and str(v) != ""
+
+
+def _multilabel_codes(labels: Any, n: int, *,
+                      names: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """``[N, L]`` int64 targets (1 present, 0 absent, -1 unknown) from a 1/0/NaN table.
+
+    ``labels`` is a DataFrame (its columns name the labels) or a 2-D array; ``None`` means all
+    unknown (then ``names`` is required). With ``names`` the columns are taken in that order.
+    """
+    import pandas as pd
+
+    if labels is None:
+        if names is None:
+            raise ValueError("multi-label states need a table of state labels")
+        return list(names), np.full((n, len(names)), -1, dtype=np.int64)
+    frame = labels if isinstance(labels, pd.DataFrame) else pd.DataFrame(
+        np.asarray(labels, dtype=float), columns=list(names) if names is not None else None)
+    if names is None:
+        names = [str(c) for c in frame.columns]
+    frame = frame.rename(columns=str)[list(names)]
+    try:
+        values = frame.astype(float).to_numpy()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"state labels must be 1, 0 or NaN ({e})") from None
+    bad = ~np.isnan(values) & ~np.isin(values, (0.0, 1.0))
+    if bad.any():
+        raise ValueError(f"state labels must be 1, 0 or NaN; found {values[bad][:3].tolist()}")
+    if values.shape[0] != n:
+        raise ValueError(f"state label table has {values.shape[0]} rows for {n} cells")
+    return list(names), np.where(np.isnan(values), -1, values).astype(np.int64)

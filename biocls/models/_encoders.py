@@ -13,16 +13,20 @@ ENCODERS = ("mlp", "mixer")
 
 
 class MLPEncoder(nn.Module):
-    """Linear → LayerNorm → GELU → Dropout, repeated; ``[B, F] → [B, hidden[-1]]``."""
+    """Linear → LayerNorm → GELU → Dropout, repeated; ``[B, F] → [B, hidden[-1]]``.
+
+    ``input_dropout`` drops whole genes at random during training, which keeps the encoder from
+    leaning on a few genes whose level differs between patients (batch effects).
+    """
 
     def __init__(self, in_features: int, hidden: Sequence[int] = (256, 128),
-                 dropout: float = 0.2) -> None:
+                 dropout: float = 0.2, input_dropout: float = 0.0) -> None:
         super().__init__()
         if in_features < 1 or not hidden or min(hidden) < 1:
             raise ValueError(f"bad MLPEncoder sizes: in_features={in_features}, hidden={hidden}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        layers: list[nn.Module] = []
+        if not (0.0 <= dropout < 1.0 and 0.0 <= input_dropout < 1.0):
+            raise ValueError(f"dropouts must be in [0, 1), got {dropout}, {input_dropout}")
+        layers: list[nn.Module] = [nn.Dropout(input_dropout)] if input_dropout else []
         prev = in_features
         for h in hidden:
             layers += [nn.Linear(prev, h), nn.LayerNorm(h), nn.GELU(), nn.Dropout(dropout)]

@@ -31,6 +31,10 @@ class FactoredHeads(nn.Module):
             out["cell_state"] = self.state_head(h)
         return out
 
+    def state_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """State logits alone, for an encoding computed from a different input."""
+        return self.state_head(h)
+
 
 class JointHead(nn.Module):
     """One softmax over the type×state pairs seen in training; marginals give type and state.

@@ -18,7 +18,7 @@ import pandas as pd
 from biocls._errors import BioclsError
 from biocls._io import atomic_path, write_json, write_tsv
 from biocls.data import check_values, read_cells
-from biocls.evaluate import classification_metrics, known_mask
+from biocls.evaluate import classification_metrics, known_mask, multilabel_metrics
 from biocls.models import CellClassifier
 from biocls.splits import check_no_leak, patient_folds, read_splits, validation_patients
 
@@ -28,18 +28,73 @@ log = logging.getLogger(__name__)
 
 HEADS = ("cell_type", "cell_state")
 MODEL_KEYS = {"encoder", "hidden", "dropout", "n_modules", "mixer_dim", "mixer_depth", "lr",
-              "weight_decay", "batch_size", "max_epochs", "patience", "state_weight", "device"}
+              "weight_decay", "batch_size", "max_epochs", "patience", "state_weight", "device",
+              "partial_loss", "gamma_pos", "gamma_neg", "gamma_unann", "priors",
+              "prior_threshold", "likelihood_topk"}
+# canonical obs columns of the multi-label states named by keys.state_labels: 1.0 / 0.0 / NaN
+STATE_PREFIX = "biocls_annotated:"
 
 
 def load_cells(spec: dict[str, Any]) -> ad.AnnData:
-    """Read, validate and QC-filter the experiment's cells (per-patient MAD outliers)."""
+    """Read, validate and QC-filter the experiment's cells (per-patient MAD outliers).
+
+    With ``keys.state_labels`` each named column is checked (1/0/NaN) and copied to
+    ``obs["biocls_annotated:<label>"]``; NaN stays unknown.
+    """
     from biocls.preprocess import filter_outliers
 
-    adata = read_cells(spec["input"], keys=spec["keys"], pseudo_patients=spec.get("pseudo_patients"),
+    keys = {k: v for k, v in spec["keys"].items() if k != "state_labels"}
+    adata = read_cells(spec["input"], keys=keys, pseudo_patients=spec.get("pseudo_patients"),
                        seed=int(spec.get("seed", 0)))
+    _read_state_labels(adata, spec)
     pp = spec.get("preprocess", {})
     return filter_outliers(adata, nmads=float(pp.get("nmads", 5.0)), groupby="biocls_patient",
                            source=str(spec["input"]))
+
+
+def state_label_names(spec: dict[str, Any]) -> list[str]:
+    """The multi-label state columns named by ``keys.state_labels`` (empty: single-label mode)."""
+    return [str(c) for c in (spec.get("keys", {}).get("state_labels") or [])]
+
+
+def _read_state_labels(adata: ad.AnnData, spec: dict[str, Any]) -> None:
+    """Validate ``keys.state_labels`` columns (1/0/NaN each) into ``obs["biocls_annotated:<name>"]``.
+
+    Missing values stay unknown (NaN); they are never turned into negatives. Booleans count as
+    1/0. Anything else is a one-line error naming the column and the offending value.
+    """
+    names = state_label_names(spec)
+    if not names:
+        return
+    where = str(spec.get("input", "input"))
+    if spec["keys"].get("cell_state"):
+        raise BioclsError("keys.cell_state and keys.state_labels are both set", where=where,
+                          fix="use cell_state for one state per cell, or state_labels for "
+                              "several yes/no/unknown state columns, not both")
+    if len(set(names)) != len(names):
+        raise BioclsError(f"keys.state_labels lists a column twice: {names}", where=where,
+                          fix="name each state column once")
+    for name in names:
+        if name not in adata.obs.columns:
+            have = ", ".join(map(str, list(adata.obs.columns)[:12]))
+            raise BioclsError(f"obs has no column '{name}' (keys.state_labels); it has: {have}",
+                              where=where, fix="list existing obs columns under state_labels")
+        col = adata.obs[name]
+        values = pd.to_numeric(col.astype(object).map(
+            lambda v: float(v) if isinstance(v, (bool, np.bool_)) else v), errors="coerce")
+        bad = (col.notna() & values.isna()) | (values.notna() & ~values.isin([0.0, 1.0]))
+        if bad.any():
+            raise BioclsError(f"obs column '{name}' (keys.state_labels) holds {col[bad].iloc[0]!r} "
+                              f"for {int(bad.sum())} cells", where=where,
+                              fix="use 1 (present), 0 (absent) or NaN (not annotated)")
+        adata.obs[STATE_PREFIX + name] = values.astype(float).to_numpy()
+    known = np.mean([adata.obs[STATE_PREFIX + n].notna().mean() for n in names])
+    log.info("%d state labels, %.0f%% of entries annotated", len(names), 100 * known)
+
+
+def _state_table(o: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({n: o[STATE_PREFIX + n].to_numpy(dtype=float) for n in names},
+                        index=o.index)
 
 
 def split(spec: dict[str, Any], out: Path) -> None:
@@ -106,11 +161,17 @@ def train_fold(spec: dict[str, Any], *, splits: Path, fold: str, out_dir: Path,
     o_fit, o_val = obs[fit_m], obs[val_m]
     has_state = "biocls_cell_state" in obs and known_mask(obs["biocls_cell_state"]).any()
 
-    def labels(o: pd.DataFrame, key: str) -> np.ndarray | None:
+    state_names = state_label_names(spec)
+
+    def labels(o: pd.DataFrame, key: str) -> Any:
+        if key == "cell_state" and state_names:
+            return _state_table(o, state_names)
         col = f"biocls_{key}"
         return o[col].to_numpy(dtype=object) if col in o else None
 
     params = {k: v for k, v in spec.get("model", {}).items() if k in MODEL_KEYS}
+    if state_names:
+        params["state_mode"] = "multilabel"
     ckpt = Path(checkpoints) if checkpoints else None
 
     def fit_model(head: str) -> CellClassifier:
@@ -138,6 +199,9 @@ def train_fold(spec: dict[str, Any], *, splits: Path, fold: str, out_dir: Path,
     if has_state:
         pred["true_cell_state"] = o_test["biocls_cell_state"].to_numpy(dtype=object)
     vocab = {"cell_type": factored.types_, "cell_state": factored.states_}
+    if state_names:
+        _multilabel_columns(pred, o_test, state_names, proba.pop("cell_state"),
+                            _logreg_multilabel(X_fit, labels(o_fit, "cell_state"), X_test, seed))
     for key, p in proba.items():
         pred[f"pred_{key}"] = np.asarray(vocab[key])[p.argmax(1)]
         pred[f"{key}_confidence"] = p.max(1)
@@ -166,6 +230,36 @@ def _preprocess_summary(pre: Any, adata: ad.AnnData) -> dict[str, Any]:
             "qc_removed": int(sum(qc.get("n_removed", {}).values())) if qc else 0}
 
 
+def _multilabel_columns(pred: pd.DataFrame, o_test: pd.DataFrame, names: list[str],
+                        proba: np.ndarray, logreg: np.ndarray) -> None:
+    """Per state label: ``true_state:`` (1/0/empty), ``pred_state:`` (0/1), ``prob_state:``."""
+    for j, name in enumerate(names):
+        pred[f"true_state:{name}"] = o_test[STATE_PREFIX + name].to_numpy(dtype=float)
+        pred[f"pred_state:{name}"] = (proba[:, j] >= 0.5).astype(int)
+        pred[f"prob_state:{name}"] = proba[:, j]
+        pred[f"logreg_prob_state:{name}"] = logreg[:, j]
+
+
+def _logreg_multilabel(X: np.ndarray, y: pd.DataFrame, X_test: np.ndarray,
+                       seed: int) -> np.ndarray:
+    """One logistic regression per state label, fitted on the cells where it is annotated."""
+    from sklearn.linear_model import LogisticRegression
+
+    out = np.full((len(X_test), y.shape[1]), np.nan)
+    for j, name in enumerate(y.columns):
+        ok = y[name].notna().to_numpy()
+        yj = y[name].to_numpy()[ok].astype(int)
+        if len(np.unique(yj)) < 2:
+            out[:, j] = float(yj[0]) if len(yj) else np.nan
+            continue
+        clf = LogisticRegression(C=1.0, max_iter=300, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(X[ok], yj)
+        out[:, j] = clf.predict_proba(X_test)[:, 1]
+    return out
+
+
 def _logreg(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, seed: int) -> np.ndarray:
     """CellTypist's method: multinomial logistic regression on the same features."""
     from sklearn.linear_model import LogisticRegression
@@ -178,8 +272,13 @@ def _logreg(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, seed: int) -> np.n
     return clf.predict(X_test)
 
 
-def evaluate(spec: dict[str, Any], *, splits: Path, folds_dir: Path, out_dir: Path) -> None:
-    """Gather out-of-fold predictions into ``predictions.tsv`` and ``metrics.json``."""
+def evaluate(spec: dict[str, Any], *, splits: Path, folds_dir: Path, out_dir: Path,
+             certificate: Path | None = None) -> None:
+    """Gather out-of-fold predictions into ``predictions.tsv`` and ``metrics.json``.
+
+    With ``certificate`` (the JSON written by ``biocls certify``) its per-head bounds go into
+    ``metrics.json["certificate"]``.
+    """
     table = read_splits(str(splits))
     n_folds = int(table["fold"].max()) + 1
     parts = []
@@ -205,11 +304,19 @@ def evaluate(spec: dict[str, Any], *, splits: Path, folds_dir: Path, out_dir: Pa
                 metrics["baselines"][base][h] = classification_metrics(pred[f"true_{h}"], pred[col])
         metrics[h]["by_fold"] = [classification_metrics(g[f"true_{h}"], g[f"pred_{h}"])["macro_f1"]
                                  for _, g in pred.groupby("fold")]
+    state_names = [c.split(":", 1)[1] for c in pred.columns if c.startswith("true_state:")]
+    if state_names:
+        metrics["state_labels"] = state_names
+        metrics["cell_state"] = _multilabel_metrics(pred, state_names, "prob_state:")
+        metrics["baselines"]["logreg"]["cell_state"] = _multilabel_metrics(
+            pred, state_names, "logreg_prob_state:")
     per_patient: dict[str, Any] = {}
     for p, g in pred.groupby("patient"):
         entry: dict[str, Any] = {"fold": int(g["fold"].iloc[0]), "n_cells": int(len(g))}
         for h in heads:
             entry[h] = classification_metrics(g[f"true_{h}"], g[f"pred_{h}"])
+        if state_names:
+            entry["cell_state"] = _multilabel_metrics(g, state_names, "prob_state:")
         per_patient[str(p)] = entry
     metrics["per_patient"] = per_patient
     metrics["unseen_combinations"] = _unseen_report(pred, spec)
@@ -220,8 +327,31 @@ def evaluate(spec: dict[str, Any], *, splits: Path, folds_dir: Path, out_dir: Pa
         metrics["pseudo_groups"] = (
             f"single donor split into {spec['pseudo_patients']} random pseudo-patients: "
             "folds measure within-donor generalisation, optimistic for new patients")
+    if certificate is not None:
+        metrics["certificate"] = _read_certificate(Path(certificate))
     write_tsv(out_dir / "predictions.tsv", pred)
     write_json(out_dir / "metrics.json", metrics)
+
+
+def _multilabel_metrics(pred: pd.DataFrame, names: list[str], prefix: str) -> dict[str, Any]:
+    true = pred[[f"true_state:{n}" for n in names]].to_numpy(dtype=float)
+    score = pred[[f"{prefix}{n}" for n in names]].to_numpy(dtype=float)
+    return multilabel_metrics(true, score, names=names)
+
+
+def _read_certificate(path: Path) -> dict[str, Any]:
+    """The per-head ``{bound, test_error, delta, m}`` entries of ``biocls certify``'s output."""
+    import json
+
+    if not path.exists():
+        raise BioclsError("certificate file not found", where=str(path),
+                          fix="run `biocls certify` first, or drop --certificate")
+    data = json.loads(path.read_text())
+    heads = data.get("heads") if isinstance(data, dict) else None
+    if not isinstance(heads, dict) or not heads:
+        raise BioclsError("not a certificate written by `biocls certify` (no 'heads')",
+                          where=str(path), fix="regenerate it with `biocls certify`")
+    return heads
 
 
 def _unseen_report(pred: pd.DataFrame, spec: dict[str, Any]) -> list[dict[str, Any]]:
@@ -252,7 +382,12 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def predict(model_dir: Path, input: Path, output: Path) -> None:
-    """Annotate a new ``.h5ad`` with the final model; writes ``biocls_*`` columns into ``obs``."""
+    """Annotate a new ``.h5ad`` with the final model; writes ``biocls_*`` columns into ``obs``.
+
+    ``biocls_cell_type`` (+ ``_confidence``) always; ``biocls_cell_state`` (+ ``_confidence``) for
+    a single-label state model; for a multi-label state model one ``biocls_state:<label>`` column
+    per state label holding the predicted probability that the cell carries it.
+    """
     from biocls.preprocess import CellPreprocessor
 
     model_dir, input, output = Path(model_dir), Path(input), Path(output)
@@ -272,6 +407,11 @@ def predict(model_dir: Path, input: Path, output: Path) -> None:
     check_values(adata.X, where=f"{input}: X")
     proba = model.predict_proba(pre.transform(adata))
     vocab = {"cell_type": model.types_, "cell_state": model.states_}
+    if model.state_mode == "multilabel" and "cell_state" in proba:
+        # one probability per state label; a cell may carry several states or none
+        for j, name in enumerate(model.states_):
+            adata.obs[f"biocls_state:{name}"] = proba["cell_state"][:, j].astype(np.float32)
+        del proba["cell_state"]
     for key, p in proba.items():
         adata.obs[f"biocls_{key}"] = pd.Categorical(np.asarray(vocab[key])[p.argmax(1)])
         adata.obs[f"biocls_{key}_confidence"] = p.max(1).astype(np.float32)

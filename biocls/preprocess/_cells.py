@@ -54,7 +54,7 @@ def _check_values(X: Any, source: str | os.PathLike[str] | None = None) -> None:
         raise BioclsError(
             f"expression matrix contains negative values (min {float(low):.3g}); it looks scaled",
             where=_where(source, "X"),
-            fix="put raw counts or log-normalised values (e.g. adata.raw) in X; biocls scales itself",
+            fix="put raw counts or log-normalised values (e.g. adata.raw) in X; biocls scales",
         )
 
 
@@ -119,9 +119,7 @@ def qc_metrics(adata: ad.AnnData, *, inplace: bool = True) -> pd.DataFrame | Non
     return obs
 
 
-def _outlier_mask(
-    metrics: pd.DataFrame, groups: np.ndarray | None, nmads: float
-) -> np.ndarray:
+def _outlier_mask(metrics: pd.DataFrame, groups: np.ndarray | None, nmads: float) -> np.ndarray:
     """MAD outliers per group: log counts and log genes on both sides, MT fraction above only.
 
     Uses the unscaled MAD (as in the single-cell best-practices book); a metric whose MAD is 0 in
@@ -467,7 +465,7 @@ class CellPreprocessor:
         for start in range(0, adata.n_obs, _CHUNK_ROWS):
             stop = min(adata.n_obs, start + _CHUNK_ROWS)
             block = X[start:stop][:, cols]
-            block = (block.toarray() if sp.issparse(block) else np.asarray(block))
+            block = block.toarray() if sp.issparse(block) else np.asarray(block)
             block = block.astype(np.float32, copy=False)
             if scale is not None:
                 block *= scale[start:stop, None]

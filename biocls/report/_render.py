@@ -34,8 +34,11 @@ _METRICS = {
     "macro_f1": "macro-F1",
     "balanced_accuracy": "balanced accuracy",
     "accuracy": "accuracy",
+    "mAP": "mAP, annotated entries (multi-label states)",
 }
 _MAX_PAGE_NAME = 100
+_STATE_COLS = ("true_state:", "pred_state:", "prob_state:")
+_STATE_CELLS = 25  # cells listed in the patient page's state-label table
 _TOP_ERRORS = 10
 _TOP_SEQUENCES = 25
 _TOP_KMERS = 10
@@ -314,11 +317,13 @@ def _cells_load(results_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
     preds = _read_tsv(
         path,
         ["patient", "fold", "true_cell_type", "pred_cell_type"],
-        usecols=lambda c: not c.startswith("prob_"),
+        usecols=lambda c: not c.startswith("prob_") or c.startswith(_STATE_COLS),
     )
     assert preds is not None
     for col in preds.columns:
-        if col.startswith(("true_", "pred_", "joint_pred_", "logreg_pred_")):
+        if col.startswith(_STATE_COLS):  # multi-label states: 1/0/empty and probabilities
+            preds[col] = _numbers(preds[col])
+        elif col.startswith(("true_", "pred_", "joint_pred_", "logreg_pred_")):
             preds[col] = _labels(preds[col])
         elif col.endswith("_confidence"):
             preds[col] = _numbers(preds[col])
@@ -333,6 +338,7 @@ def _cells_load(results_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
         "by_patient": dict(tuple(preds.groupby("patient", sort=False))),
         "has_state": has_state,
         "has_state_pred": has_state_pred,
+        "state_labels": [c.split(":", 1)[1] for c in preds.columns if c.startswith("true_state:")],
     }
 
 
@@ -457,9 +463,11 @@ def _cells_patient(ctx: _Context, patient: str) -> dict[str, Any]:
         "n_cells": 0 if cells is None else len(cells),
         "errors": [],
         "per_type": [],
+        "state_view": None,
     }
     if cells is None or cells.empty:
         return out
+    out["state_view"] = _state_view(cells, data)
     true_t, pred_t = cells["true_cell_type"], cells["pred_cell_type"]
     figures = out["figures"]
 
@@ -557,6 +565,67 @@ def _cells_patient(ctx: _Context, patient: str) -> dict[str, Any]:
         per_type.append(row)
     out["per_type"] = per_type
     return out
+
+
+def _state_view(cells: pd.DataFrame, data: dict[str, Any]) -> dict[str, Any] | None:
+    """Annotated state labels next to predicted ones; unknown entries as filled in by the model.
+
+    Multi-label states: one row per state label (annotated present / absent / unknown, agreement
+    on annotated entries, what the model fills in for the unknown ones), and a cell list showing
+    each entry as annotated (+, −) or unknown (?) with the model's call beside it. Single-label
+    states: one row per state, with the unannotated cells' predicted states as the fill-in.
+    """
+    names = data.get("state_labels") or []
+    if names:
+        rows, shown = [], []
+        unknown_any = np.zeros(len(cells), dtype=bool)
+        for name in names:
+            ann = cells[f"true_state:{name}"]
+            prob = cells[f"prob_state:{name}"]
+            pred = (prob >= 0.5).astype(int)
+            known, unk = ann.notna(), ann.isna()
+            unknown_any |= unk.to_numpy()
+            rows.append({
+                "label": name, "present": int((ann == 1).sum()), "absent": int((ann == 0).sum()),
+                "unknown": int(unk.sum()),
+                "agree": float((pred[known] == ann[known]).mean()) if known.any() else None,
+                "filled_present": int(pred[unk].sum()), "filled_absent": int((1 - pred[unk]).sum()),
+                "filled_mean_prob": float(prob[unk].mean()) if unk.any() else None})
+        order = np.argsort(~unknown_any, kind="stable")[:_STATE_CELLS]
+        for i in order:
+            row = cells.iloc[i]
+            entries = []
+            for name in names:
+                a, p = row[f"true_state:{name}"], float(row[f"prob_state:{name}"])
+                call = "+" if p >= 0.5 else "−"
+                if pd.isna(a):
+                    entries.append({"ann": "?", "pred": call, "prob": p, "filled": True,
+                                    "agree": None})
+                else:
+                    ann_s = "+" if a == 1 else "−"
+                    entries.append({"ann": ann_s, "pred": call, "prob": p, "filled": False,
+                                    "agree": ann_s == call})
+            shown.append({"cell_id": row.get("cell_id", ""),
+                          "type": row.get("pred_cell_type", ""), "entries": entries})
+        return {"mode": "multilabel", "labels": names, "rows": rows, "cells": shown,
+                "n_unknown": int(sum(r["unknown"] for r in rows))}
+    if not data["has_state_pred"] or "true_cell_state" not in cells.columns:
+        return None
+    true_s, pred_s = cells["true_cell_state"], cells["pred_cell_state"]
+    unk = true_s == ""
+    rows = []
+    for state in sorted((set(true_s) | set(pred_s)) - {""}):
+        ann = true_s == state
+        rows.append({"label": state, "annotated": int(ann.sum()),
+                     "agree": float((pred_s[ann] == state).mean()) if ann.any() else None,
+                     "predicted": int((pred_s[~unk] == state).sum()),
+                     "filled": int((pred_s[unk] == state).sum())})
+    conf = cells.get("cell_state_confidence")
+    shown = [{"cell_id": r.get("cell_id", ""), "type": r.get("pred_cell_type", ""),
+              "pred": r["pred_cell_state"],
+              "prob": None if conf is None else r["cell_state_confidence"]}
+             for _, r in cells[unk].head(_STATE_CELLS).iterrows()]
+    return {"mode": "single", "rows": rows, "cells": shown, "n_unknown": int(unk.sum())}
 
 
 # ----------------------------------------------------------------------------- task: repertoires

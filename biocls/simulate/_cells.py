@@ -9,7 +9,7 @@ random stream, so a patient's cells do not depend on how many patients follow it
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import anndata as ad
 import numpy as np
@@ -81,6 +81,7 @@ def simulate_cells(
     library_size: float = 2500.0,
     low_quality_fraction: float = 0.02,
     seed: int = 0,
+    independent_states: Mapping[str, float] | None = None,
 ) -> ad.AnnData:
     """Simulate negative-binomial raw counts for several patients.
 
@@ -107,6 +108,12 @@ def simulate_cells(
     absent_combinations
         ``(cell_type, state)`` pairs never generated in ``absent_in_patients`` (``None``: in any
         patient); cells of that type get one of the remaining states instead.
+    independent_states
+        Extra yes/no states that a cell carries independently of its type and of ``cell_state``
+        (e.g. ``{"cycling": 0.2}``: name → mean prevalence), so one cell can be, say, activated
+        *and* cycling. Each gets its own shared gene program; each patient draws its prevalence
+        from a Beta distribution around the given mean. Written to ``obs[name]`` as 1.0/0.0. Drawn
+        from separate random streams: without this option the output is unchanged.
     type_effect, state_effect
         Multipliers on the type and state log fold changes: below 1 makes the task harder.
 
@@ -220,6 +227,21 @@ def simulate_cells(
             idx, lfc = program(m_ts, 0.6 * state_effect)
             state_lfc[t, s, idx] += lfc
 
+    extra = {str(k): float(v) for k, v in (independent_states or {}).items()}
+    for name, prev in extra.items():
+        _check(0.0 < prev < 1.0, f"prevalence of {name!r} must be in (0, 1), got {prev}",
+               "independent_states", "use a fraction such as 0.2")  # fmt: skip
+        _check(name not in ("cell_type", "cell_state", "patient", "low_quality"),
+               f"{name!r} clashes with an obs column", "independent_states",
+               "choose another name")  # fmt: skip
+    extra_rng = np.random.default_rng(np.random.SeedSequence([seed, 2]))
+    extra_lfc = np.zeros((len(extra), n_genes))
+    for j in range(len(extra)):
+        idx = extra_rng.choice(eligible, size=min(m_state, len(eligible)), replace=False)
+        extra_lfc[j, idx] = np.abs(extra_rng.normal(0.9 * state_effect, 0.27 * state_effect,
+                                                    len(idx)))
+    extra_seeds = np.random.SeedSequence([seed, 3]).spawn(n_patients)
+
     base_prev = np.full(len(states), 0.6 / max(1, len(states) - 1))
     base_prev[0] = 0.4 if len(states) > 1 else 1.0
     theta = 1.0 / dispersion
@@ -238,6 +260,12 @@ def simulate_cells(
         probs /= probs.sum(axis=1, keepdims=True)
         s_idx = (probs.cumsum(axis=1) > rng.random(n)[:, None]).argmax(axis=1)
         intensity = rng.uniform(0.35, 1.3, n)
+        carries = np.zeros((n, len(extra)))
+        if extra:
+            xrng = np.random.default_rng(extra_seeds[p])
+            for j, prev in enumerate(extra.values()):
+                prev_p = xrng.beta(10 * prev, 10 * (1 - prev))
+                carries[:, j] = (xrng.random(n) < prev_p) * xrng.uniform(0.35, 1.3, n)
         lib = lib_p * np.exp(rng.normal(0.0, 0.35, n))
         low_q = rng.random(n) < low_quality_fraction
         lib[low_q] *= rng.uniform(0.04, 0.15, low_q.sum())
@@ -247,6 +275,8 @@ def simulate_cells(
             t, s = t_idx[sl], s_idx[sl]
             logw = (base + batch)[None, :] + type_lfc[t]
             logw += intensity[sl, None] * state_lfc[t, s]
+            if extra:
+                logw += carries[sl] @ extra_lfc
             logw[:, mt] += mt_boost[sl, None]
             logw -= logw.max(axis=1, keepdims=True)
             rate = np.exp(logw, dtype=np.float32)
@@ -267,6 +297,7 @@ def simulate_cells(
                     "cell_state": np.asarray(states)[s_idx],
                     "patient": pid,
                     "low_quality": low_q,
+                    **{name: (carries[:, j] > 0).astype(float) for j, name in enumerate(extra)},
                 },
                 index=[f"{pid}_c{j:0{width}d}" for j in range(n)],
             )
@@ -303,6 +334,7 @@ def simulate_cells(
             "library_size": float(library_size),
             "low_quality_fraction": float(low_quality_fraction),
             "seed": int(seed),
+            "independent_states": extra,
         },
         "hard_pairs": [list(pair) for pair in hard_pairs],
     }

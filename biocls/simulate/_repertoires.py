@@ -5,7 +5,8 @@ motif-bearing *witness* sequences at a given rate, implanted in place of the mid
 background CDR3s, following the design of DeepRC's simulated sets (Widrich et al. 2020). Which
 sequences are witnesses is written to a separate ``truth.tsv``, never into the repertoire files.
 
-OLGA (GPL-3.0) is imported only inside :func:`simulate_repertoires` (``pip install biocls[simulate]``).
+OLGA (GPL-3.0) is imported only inside :func:`simulate_repertoires`
+(``pip install biocls[simulate]``).
 """
 
 from __future__ import annotations

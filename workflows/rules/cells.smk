@@ -101,6 +101,7 @@ rule train_cells_final:
 
 rule evaluate_cells:
     input:
+        unpack(lambda wc: certificate_input(wc.exp)),
         splits="results/{exp}/splits.tsv",
         folds=lambda wc: expand(
             "results/{exp}/folds/{fold}/predictions.tsv", exp=wc.exp, fold=fold_ids(wc.exp)
@@ -110,6 +111,7 @@ rule evaluate_cells:
         metrics="results/{exp}/metrics.json",
     params:
         spec=spec_json,
+        certificate=lambda wc: " ".join(f"--{k} {v}" for k, v in certificate_input(wc.exp).items()),
     log:
         "logs/{exp}/evaluate.log",
     wildcard_constraints:
@@ -120,4 +122,5 @@ rule evaluate_cells:
         runtime=20,
     shell:
         "biocls evaluate --spec {params.spec:q} --splits {input.splits} "
-        "--folds-dir results/{wildcards.exp}/folds --out results/{wildcards.exp} 2> {log}"
+        "--folds-dir results/{wildcards.exp}/folds --out results/{wildcards.exp} "
+        "{params.certificate} 2> {log}"

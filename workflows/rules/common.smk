@@ -20,6 +20,7 @@ except BioclsError as e:
 EXPS = config["experiments"]
 CELLS = sorted(k for k, v in EXPS.items() if v["task"] == "cells")
 REPS = sorted(k for k, v in EXPS.items() if v["task"] == "repertoires")
+CERTIFIED = sorted(k for k in CELLS if EXPS[k].get("certify") is not None)
 
 
 def _alt(names):
@@ -46,6 +47,11 @@ def spec(exp):
 
 def spec_json(wildcards):
     return json.dumps(spec(wildcards.exp), sort_keys=True)
+
+
+def certificate_input(exp):
+    """certificate.json for experiments with a `certify:` block; nothing otherwise."""
+    return {"certificate": f"results/{exp}/certificate.json"} if exp in CERTIFIED else {}
 
 
 def fold_ids(exp):

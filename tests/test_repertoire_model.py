@@ -1,0 +1,209 @@
+"""MIL blocks: shapes, argument checks, exactness of masking and of chunked inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from biocls.models import (
+    AttentionPooling,
+    CDR3Encoder,
+    PatternPooling,
+    RepertoireClassifier,
+    RepertoireNet,
+    pack_bag,
+    position_features,
+)
+from biocls.models._mil import enriched_patterns, seed_encoder
+
+POOLINGS = ["attention", "patterns"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: threads only add synchronisation (and stall on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def random_codes(n: int, lo: int = 4, hi: int = 18, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(lo, hi, (n,), generator=g)
+    codes = torch.zeros(n, int(lens.max()), dtype=torch.long)
+    for i, ln in enumerate(lens.tolist()):
+        codes[i, :ln] = torch.randint(1, 21, (ln,), generator=g)
+    return codes, lens
+
+
+def naive_encoder(enc: CDR3Encoder, codes, lens):
+    """One-hot + position features, conv1d, max over valid positions: the textbook definition."""
+    k = enc.kernel_size
+    w = torch.cat([enc.residue_weight.permute(2, 1, 0), enc.position_weight], 1)  # [F, 23, K]
+    out = []
+    for c, ln in zip(codes, lens.tolist(), strict=False):
+        oh = F.one_hot(c[:ln], 21).float().t()[1:]
+        x = torch.cat([oh, position_features(ln)], 0)[None]
+        y = F.conv1d(F.pad(x, (k // 2, k - 1 - k // 2)), w)[0]
+        out.append(F.relu(y.amax(1) + enc.bias))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("kernel", [1, 4, 9])
+def test_encoder_matches_one_hot_convolution(kernel):
+    torch.manual_seed(0)
+    enc = CDR3Encoder(8, kernel)
+    codes, lens = random_codes(40)
+    assert torch.allclose(enc(codes, lens), naive_encoder(enc, codes, lens), atol=1e-5)
+
+
+def test_encoder_gradient_matches_dense_max():
+    """The arg-max shortcut in training gives the same values and gradients as a dense max."""
+    torch.manual_seed(0)
+    enc = CDR3Encoder(8, 9)
+    codes, lens = random_codes(30)
+    out = enc(codes, lens)
+    out.pow(2).sum().backward()
+    g_fast = [p.grad.clone() for p in enc.parameters()]
+    enc.zero_grad()
+    ref = naive_encoder(enc, codes, lens)
+    ref.pow(2).sum().backward()
+    assert torch.allclose(out, ref, atol=1e-5)
+    for a, p in zip(g_fast, enc.parameters(), strict=False):
+        assert torch.allclose(a, p.grad, atol=1e-4)
+
+
+def test_encoder_ignores_sequence_padding():
+    torch.manual_seed(0)
+    enc = CDR3Encoder(16, 9)
+    codes, lens = random_codes(30)
+    wide = torch.cat([codes, torch.zeros(30, 7, dtype=torch.long)], 1)
+    assert torch.allclose(enc(codes, lens), enc(wide, lens), atol=1e-6)
+    # each sequence alone gives the same features as in the batch
+    alone = torch.cat([enc(codes[i:i + 1, :lens[i]], lens[i:i + 1]) for i in range(30)])
+    assert torch.allclose(enc(codes, lens), alone, atol=1e-6)
+
+
+def test_blocks_check_arguments():
+    with pytest.raises(ValueError, match="activation"):
+        CDR3Encoder(activation="tanh")
+    with pytest.raises(ValueError, match="n_filters"):
+        CDR3Encoder(0)
+    with pytest.raises(ValueError, match="bag_pool"):
+        PatternPooling(8, bag_pool="median")
+    with pytest.raises(ValueError, match="n_patterns"):
+        PatternPooling(8, 0)
+    with pytest.raises(ValueError, match="pooling"):
+        RepertoireNet(pooling="gated")
+    with pytest.raises(ValueError, match=r"\[N, L\]"):
+        CDR3Encoder()(torch.zeros(3, dtype=torch.long), torch.ones(3))
+    with pytest.raises(ValueError, match="lengths"):
+        CDR3Encoder(max_length=5)(torch.ones(1, 6, dtype=torch.long), torch.tensor([6]))
+
+
+@pytest.mark.parametrize("pool_cls,q", [(AttentionPooling, 1), (PatternPooling, 64)])
+def test_pooling_shapes_and_weights(pool_cls, q):
+    torch.manual_seed(0)
+    pool = pool_cls(12)
+    x = torch.randn(3, 7, 12)
+    mask = torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 4:] = False
+    out = pool(x, mask)
+    assert out.pooled.shape == (3, 12) and out.stats.shape == (3, q)
+    assert out.weights.shape == (3, 7) and out.scores.shape == (3, 7)
+    assert torch.allclose(out.weights.sum(1), torch.ones(3), atol=1e-5)
+    assert (out.weights[1, 4:] == 0).all()
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("use_counts", [False, True])
+def test_bag_prediction_independent_of_padding_and_batch(pooling, use_counts):
+    torch.manual_seed(0)
+    net = RepertoireNet(pooling=pooling, n_filters=8, n_patterns=5, use_counts=use_counts).eval()
+    sizes = [5, 11, 3]
+    bags = [random_codes(n, seed=i) for i, n in enumerate(sizes)]
+    counts = [torch.randint(1, 9, (n,)).float() for n in sizes]
+    n_max, l_max = max(sizes) + 2, max(int(c.shape[1]) for c, _ in bags) + 3
+    codes = torch.zeros(3, n_max, l_max, dtype=torch.long)
+    lens = torch.zeros(3, n_max, dtype=torch.long)
+    cnt = torch.zeros(3, n_max)
+    for b, ((c, ln), ct) in enumerate(zip(bags, counts, strict=False)):
+        codes[b, :len(ln), :c.shape[1]] = c
+        lens[b, :len(ln)] = ln
+        cnt[b, :len(ln)] = ct
+    with torch.no_grad():
+        batched = net(codes, lens, cnt)
+        alone = torch.stack([net(c[None], ln[None], ct[None])[0]
+                             for (c, ln), ct in zip(bags, counts, strict=False)])
+        # padding garbage in the masked slots must not matter either
+        noisy = codes.clone()
+        noisy[0, sizes[0]:, :4] = 5
+        noisy_out = net(noisy, lens, cnt)
+    assert torch.allclose(batched, alone, atol=1e-5)
+    assert torch.allclose(noisy_out, batched, atol=1e-5)
+    # a different bag in the batch changes nothing for the others
+    other = codes.clone()
+    other[2] = codes[1]
+    lens2 = lens.clone()
+    lens2[2] = lens[1]
+    with torch.no_grad():
+        assert torch.allclose(net(other, lens2, cnt)[:2], batched[:2], atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+def test_chunked_inference_equals_full_bag(pooling):
+    """The estimator's memory-bounded inference gives the net's exact full-bag answer."""
+    torch.manual_seed(0)
+    clf = RepertoireClassifier(pooling=pooling, n_filters=8, n_patterns=6, chunk=7,
+                               use_counts=True)
+    clf.net_ = clf._build().eval()
+    codes, lens = random_codes(50)
+    counts = torch.randint(1, 5, (50,)).float()
+    offs = np.concatenate([[0], np.cumsum(lens.numpy())])
+    flat = np.concatenate([codes[i, :ln].numpy() for i, ln in enumerate(lens.tolist())])
+    bag = pack_bag(flat.astype(np.uint8), offs, counts.numpy())
+    with torch.no_grad():
+        ref = clf.net_(codes[None], lens[None], counts[None])[0]
+    p = clf.predict_proba([bag])[0]
+    assert abs(p - torch.sigmoid(ref).item()) < 1e-5
+    prob, idx, w, s = clf.attend(bag, top_n=10)
+    assert abs(prob - p) < 1e-9 and len(idx) == 10
+    assert np.all(np.diff(s) <= 1e-6)  # ranked by score
+
+
+def test_pack_bag_sorts_by_length_and_keeps_order():
+    offs = np.array([0, 3, 8, 10])
+    codes = np.arange(1, 11, dtype=np.uint8)
+    b = pack_bag(codes, offs, np.array([5.0, 6.0, 7.0]))
+    assert b.codes.shape == (3, 5)
+    assert b.lengths.tolist() == [2, 3, 5] and b.order.tolist() == [2, 0, 1]
+    assert b.codes[0].tolist() == [9, 10, 0, 0, 0]
+    assert b.codes[2].tolist() == [4, 5, 6, 7, 8]
+    assert b.counts.tolist() == [7.0, 5.0, 6.0]
+    cut = pack_bag(codes, offs, max_length=3)  # the central residues are kept
+    assert cut.codes[cut.order.tolist().index(1)].tolist() == [5, 6, 7]
+
+
+def test_enriched_patterns_find_the_implanted_motif():
+    rng = np.random.default_rng(0)
+    motif = [16, 1, 9, 10]  # S A K L
+    bags, y = [], []
+    for b in range(12):
+        lens = rng.integers(10, 16, 200)
+        seqs = [rng.integers(1, 21, n) for n in lens]
+        if b % 2:
+            for s in seqs[:20]:
+                s[3:7] = motif
+        offs = np.concatenate([[0], np.cumsum(lens)])
+        bags.append(pack_bag(np.concatenate(seqs).astype(np.uint8), offs))
+        y.append(b % 2)
+    pats = enriched_patterns(bags, y, 3)
+    assert pats[0][0] == (0, 1, 2, 3) and list(pats[0][1]) == motif
+    enc = CDR3Encoder(4, 9)
+    assert seed_encoder(enc, pats) == 3
+    h = enc(bags[1].codes.long(), bags[1].lengths)
+    wit = bags[1].order < 20
+    assert h[wit, 0].min() > h[~wit, 0].max()  # the seeded filter fires on the witnesses

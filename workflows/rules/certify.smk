@@ -1,0 +1,24 @@
+# RATT error certificates for cell experiments with a `certify:` block (biocls certify).
+# evaluate_cells takes the certificate as an optional input (see certificate_input in common.smk)
+# and merges it into metrics.json["certificate"]; the report shows it on the index page.
+
+
+rule certify_cells:
+    input:
+        data=lambda wc: spec(wc.exp)["input"],
+        splits="results/{exp}/splits.tsv",
+    output:
+        "results/{exp}/certificate.json",
+    params:
+        spec=spec_json,
+    log:
+        "logs/{exp}/certify.log",
+    wildcard_constraints:
+        exp=_alt(CERTIFIED),
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    shell:
+        "biocls certify --spec {params.spec:q} --splits {input.splits} --out {output} "
+        "--threads {threads} 2> {log}"
