@@ -2,6 +2,7 @@
 
     python benchmarks/repertoire_throughput.py               # default model, 2 threads
     python benchmarks/repertoire_throughput.py --threads 1 --pooling patterns
+    python benchmarks/repertoire_throughput.py --device cuda --threads 16
 
 Training: updates of 4 repertoires × 10^4 sequences, every sequence scored without gradients and
 the top 10 % back-propagated (the default; DeepRC's setting), counted as sequences per second of
@@ -52,6 +53,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--pooling", default="attention")
     ap.add_argument("--updates", type=int, default=10)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (training and inference)")
     ap.add_argument("--big", type=int, default=1_000_000)
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -61,14 +63,14 @@ def main() -> int:
         return 0
     print("# command:", " ".join([Path(sys.executable).name, *sys.argv]))
     rng = np.random.default_rng(0)
-    clf = RepertoireClassifier(pooling=args.pooling, device="cpu")
-    net = clf._build()
+    dev = torch.device(args.device)
+    clf = RepertoireClassifier(pooling=args.pooling, device=args.device)
+    net = clf._build().to(dev)
     clf.net_ = net
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     bags = [random_bag(10_000, rng)[0] for _ in range(8)]
     y = torch.tensor([0.0, 1.0, 0.0, 1.0])
-    pw = torch.tensor(1.0)
-    dev = torch.device("cpu")
+    pw = torch.tensor(1.0, device=dev)
     rows = []
     for i in range(args.updates + 2):
         if i == 2:
@@ -79,6 +81,8 @@ def main() -> int:
         loss = clf._loss(net, batch, y, [None] * 4, pw, dev)
         loss.backward()
         opt.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
     dt = time.perf_counter() - t
     rows.append({"what": "train (4 × 10^4 per update, top 10 % backprop)",
                  "seq_per_s": f"{args.updates * 4 * 10_000 / dt:,.0f}", "peak_rss_mib": ""})
@@ -104,6 +108,7 @@ def main() -> int:
                       "duplicate_count": big.counts.numpy().astype(int)}).to_csv(
             folder / "big.tsv", sep="\t", index=False)
         del text, big, codes
+        clf.net_ = net.cpu()
         clf.save(Path(tmp) / "model", {"experiment": "throughput"})
         out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads),
                               "--child", str(Path(tmp) / "model"), str(folder),
@@ -113,7 +118,8 @@ def main() -> int:
         rows.append({"what": f"biocls predict, one {args.big:,}-sequence TSV (parse+encode+model)",
                      "seq_per_s": f"{args.big / res['seconds']:,.0f}",
                      "peak_rss_mib": f"{res['peak_rss_mib']:.0f}"})
-    print(f"# torch {torch.__version__}, {args.threads} thread(s), pooling={args.pooling}")
+    print(f"# torch {torch.__version__}, {args.threads} thread(s), pooling={args.pooling}, "
+          f"device={args.device} (predict child: cpu)")
     print(pd.DataFrame(rows).to_string(index=False))
     return 0
 

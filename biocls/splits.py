@@ -64,7 +64,7 @@ def patient_folds(
                         "n_items": [int(counts[p]) for p in uniq]})
     sizes = out.groupby("fold").agg(patients=("patient", "size"), items=("n_items", "sum"))
     log.info("fold sizes (patients/items): %s",
-             ", ".join(f"{k}: {r.patients}/{r.items}" for k, r in sizes.iterrows()))
+             ", ".join(f"{k}: {r['patients']}/{r['items']}" for k, r in sizes.iterrows()))
     if sizes.shape[0] < n_folds:
         raise BioclsError(f"only {sizes.shape[0]} of {n_folds} folds received patients",
                           where=f"{source}: folds", fix="lower `folds`")

@@ -84,12 +84,16 @@ class Trainer:
         Where to write ``checkpoint.pt`` at each epoch boundary; an existing checkpoint is resumed.
     progress
         Show a progress bar.
+    plateau
+        Halve the learning rate after this many epochs without improvement (default: never),
+        restarting from the best weights so far: lets a model settle into the optimum it found.
     """
 
     def __init__(self, *, max_epochs: int = 100, patience: int = 10, lr: float = 1e-3,
                  weight_decay: float = 0.0, device: str | torch.device = "auto", seed: int = 0,
                  checkpoint_dir: str | Path | None = None, progress: bool = True,
-                 desc: str = "train", grad_clip: float | None = 5.0) -> None:
+                 desc: str = "train", grad_clip: float | None = 5.0,
+                 plateau: int | None = None) -> None:
         self.max_epochs = max_epochs
         self.patience = patience
         self.lr = lr
@@ -100,6 +104,7 @@ class Trainer:
         self.progress = progress
         self.desc = desc
         self.grad_clip = grad_clip
+        self.plateau = plateau
 
     def fit(
         self,
@@ -108,12 +113,15 @@ class Trainer:
         batches: Callable[[np.random.Generator], Iterable[Any]],
         loss: Callable[[nn.Module, Any], torch.Tensor],
         validate: Callable[[nn.Module], float] | None = None,
+        signature: str = "",
     ) -> TrainHistory:
         """Train ``module`` in place and return its history.
 
         ``batches(rng)`` yields one epoch of batches, drawing any randomness from ``rng``;
         ``loss(module, batch)`` returns a scalar tensor; ``validate(module)`` is called in eval
         mode without gradients. Without ``validate`` the training loss is used for stopping.
+        ``signature`` identifies the run (model settings, data); a checkpoint written under
+        another signature is ignored, so a changed config never resumes a stale run.
         """
         if self.max_epochs < 1 or self.patience < 1:
             raise ValueError("max_epochs and patience must be >= 1")
@@ -125,8 +133,14 @@ class Trainer:
         bad = 0
         start = 0
         ckpt = Path(self.checkpoint_dir) / CHECKPOINT if self.checkpoint_dir else None
+        state = None
         if ckpt is not None and ckpt.exists():
             state = torch.load(ckpt, map_location=device, weights_only=True)
+            if state.get("signature", "") != signature:
+                log.warning("%s: ignoring checkpoint %s written for another configuration",
+                            self.desc, ckpt)
+                state = None
+        if state is not None:
             module.load_state_dict(state["module"])
             opt.load_state_dict(state["optimizer"])
             best_state = state["best_state"]
@@ -168,10 +182,14 @@ class Trainer:
                     best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
                 else:
                     bad += 1
+                    if self.plateau and bad % self.plateau == 0:
+                        module.load_state_dict(best_state)
+                        for group in opt.param_groups:
+                            group["lr"] *= 0.5
                 bar.update(1)
                 bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{score:.4f}")
                 if ckpt is not None:
-                    self._save(ckpt, module, opt, best_state, bad, hist, epoch + 1)
+                    self._save(ckpt, module, opt, best_state, bad, hist, epoch + 1, signature)
         finally:
             bar.close()
         module.load_state_dict(best_state)
@@ -183,8 +201,9 @@ class Trainer:
     @staticmethod
     def _save(path: Path, module: nn.Module, opt: torch.optim.Optimizer,
               best_state: dict[str, torch.Tensor], bad: int, hist: TrainHistory,
-              epoch: int) -> None:
-        state = {"module": module.state_dict(), "optimizer": opt.state_dict(),
+              epoch: int, signature: str) -> None:
+        state = {"signature": signature, "module": module.state_dict(),
+                 "optimizer": opt.state_dict(),
                  "best_state": best_state, "bad_epochs": bad, "epoch": epoch,
                  "history": {k: v for k, v in hist.as_dict().items() if k != "resumed_from"}}
         with atomic_path(path) as tmp:

@@ -39,7 +39,8 @@ def read_cells(path: str | Path, *, keys: Mapping[str, str | None], backed: bool
         raise BioclsError(f"not a readable .h5ad ({type(e).__name__}: {e})".split("\n")[0],
                           where=str(path), fix="write it with anndata's write_h5ad") from None
     if adata.n_obs == 0 or adata.n_vars == 0:
-        raise BioclsError(f"has {adata.n_obs} cells and {adata.n_vars} genes", where=str(path),
+        raise BioclsError(f"X has {adata.n_obs} cells and {adata.n_vars} genes",
+                          where=f"{path}: X",
                           fix="supply a matrix with at least one cell and one gene")
     obs = adata.obs
     for role in REQUIRED_KEYS:

@@ -71,11 +71,12 @@ class CellClassifier:
 
     def __init__(self, *, encoder: str = "mlp", head: str = "factored",
                  hidden: Sequence[int] = (256, 128), dropout: float = 0.2,
-                 input_dropout: float = 0.0, n_modules: int = 32,
+                 input_dropout: float = 0.5, n_modules: int = 32,
                  mixer_dim: int = 64, mixer_depth: int = 2, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, batch_size: int = 256, max_epochs: int = 40,
-                 patience: int = 5, state_weight: float = 1.0, state_input: str = "centred",
-                 linear_skip: bool = False, device: str = "auto",
+                 weight_decay: float = 1e-4, batch_size: int = 256, max_epochs: int = 60,
+                 patience: int = 10, state_weight: float = 1.0, state_input: str = "centred",
+                 linear_skip: bool = False, early_stopping: str = "error", lr_decay: bool = True,
+                 device: str = "auto",
                  seed: int = 0, progress: bool = True,
                  checkpoint_dir: str | Path | None = None, state_mode: str = "single",
                  partial_loss: str = "selective", gamma_pos: float = 0.0,
@@ -98,6 +99,8 @@ class CellClassifier:
         self.state_weight = state_weight
         self.state_input = state_input
         self.linear_skip = linear_skip
+        self.early_stopping = early_stopping
+        self.lr_decay = lr_decay
         self.device = device
         self.seed = seed
         self.progress = progress
@@ -159,13 +162,22 @@ class CellClassifier:
                 else self._codes(cell_state_val, self.states_, n=len(Yv), unknown_ok=True))
 
             def validate(net: nn.Module) -> float:
-                total = 0.0
+                total, wrong, n_s = 0.0, 0.0, 0
                 for i in range(0, len(Xv), 4096):
                     out = net(Xv[i:i + 4096].to(device))
-                    total += float(self._loss(out, Yv[i:i + 4096].to(device),
-                                              Sv[i:i + 4096].to(device), None, validation=True)
-                                  ) * len(out["cell_type"])
-                return total / len(Xv)
+                    yt, ys = Yv[i:i + 4096].to(device), Sv[i:i + 4096].to(device)
+                    total += float(self._loss(out, yt, ys, None, validation=True)) * len(yt)
+                    wrong += float(((out["cell_type"].argmax(1) != yt) & (yt >= 0)).sum())
+                    if "cell_state" in out and not multilabel:
+                        ok = ys >= 0
+                        wrong += float((out["cell_state"].argmax(1)[ok] != ys[ok]).sum())
+                        n_s += int(ok.sum())
+                loss = total / len(Xv)
+                if self.early_stopping == "loss":
+                    return loss
+                # error rate, with the loss only breaking ties: the loss keeps rising once the
+                # model grows confident, long before its errors stop falling
+                return wrong / (int((Yv >= 0).sum()) + n_s) + 1e-3 * loss
 
         bs = self.batch_size
 
@@ -184,11 +196,25 @@ class CellClassifier:
         trainer = Trainer(max_epochs=self.max_epochs, patience=self.patience, lr=self.lr,
                           weight_decay=self.weight_decay, device=device, seed=self.seed,
                           checkpoint_dir=self.checkpoint_dir, progress=self.progress,
-                          desc=f"{self.encoder}/{self.head}")
+                          desc=f"{self.encoder}/{self.head}",
+                          plateau=max(1, self.patience // 3) if self.lr_decay else None)
         self.history_: TrainHistory = trainer.fit(self.net_, batches=batches, loss=loss,
-                                                  validate=validate)
+                                                  validate=validate,
+                                                  signature=self._signature(X, yt, ys))
         self.net_.to("cpu")
         return self
+
+    def _signature(self, X: np.ndarray, yt: np.ndarray, ys: np.ndarray) -> str:
+        """A digest of settings and training data: a checkpoint resumes only the same run."""
+        import hashlib
+        import json
+
+        h = hashlib.sha256(json.dumps(self.get_params(), sort_keys=True, default=str).encode())
+        h.update(np.ascontiguousarray(X[:: max(1, len(X) // 512)]).tobytes())
+        h.update(yt.tobytes())
+        h.update(ys.tobytes())
+        h.update(str(X.shape).encode())
+        return h.hexdigest()
 
     def _loss(self, out: dict[str, torch.Tensor], t: torch.Tensor, s: torch.Tensor,
               pair_of: torch.Tensor | None, *, validation: bool = False) -> torch.Tensor:
@@ -281,7 +307,10 @@ class CellClassifier:
 
     # -- prediction ----------------------------------------------------------------------------
     def predict_proba(self, X: np.ndarray, *, batch_size: int = 8192) -> dict[str, np.ndarray]:
-        """Per-head class probabilities, columns ordered as ``types_`` / ``states_``."""
+        """Per-head class probabilities, columns ordered as ``types_`` / ``states_``.
+
+        The joint head also returns ``"pair"``: probabilities over ``pairs_``.
+        """
         if not hasattr(self, "net_"):
             raise RuntimeError("CellClassifier is not fitted; call fit() or load() first")
         X = np.asarray(X, dtype=np.float32)
@@ -294,7 +323,7 @@ class CellClassifier:
         with torch.no_grad():
             for i in range(0, len(X), batch_size):
                 out = net(torch.from_numpy(X[i:i + batch_size]).to(device))
-                for k in ("cell_type", "cell_state"):
+                for k in ("cell_type", "cell_state", "pair"):
                     if k in out:
                         sigmoid = k == "cell_state" and self.state_mode == "multilabel"
                         prob = out[k].sigmoid() if sigmoid else out[k].softmax(-1)
@@ -306,9 +335,14 @@ class CellClassifier:
         """Labels per head; multi-label states give a ``[N, L]`` 0/1 array (threshold 0.5)."""
         proba = self.predict_proba(X)
         vocab = {"cell_type": self.types_, "cell_state": self.states_}
-        out = {k: np.asarray(vocab[k])[p.argmax(1)] for k, p in proba.items()}
+        out = {k: np.asarray(vocab[k])[p.argmax(1)] for k, p in proba.items() if k in vocab}
         if self.state_mode == "multilabel" and "cell_state" in proba:
             out["cell_state"] = (proba["cell_state"] >= 0.5).astype(np.int8)
+        if "pair" in proba:
+            # the joint head names a trained pair, never a mix of two marginals' argmaxes
+            best = np.asarray(self.pairs_)[proba.pop("pair").argmax(1)]
+            out["cell_type"] = np.asarray(self.types_)[best[:, 0]]
+            out["cell_state"] = np.asarray(self.states_)[best[:, 1]]
         return out
 
     # -- persistence ---------------------------------------------------------------------------

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 HEADS = ("cell_type", "cell_state")
 MODEL_KEYS = {"encoder", "hidden", "dropout", "n_modules", "mixer_dim", "mixer_depth", "lr",
               "weight_decay", "batch_size", "max_epochs", "patience", "state_weight", "device",
+              "input_dropout", "state_input", "early_stopping", "lr_decay",
               "partial_loss", "gamma_pos", "gamma_neg", "gamma_unann", "priors",
               "prior_threshold", "likelihood_topk"}
 # canonical obs columns of the multi-label states named by keys.state_labels: 1.0 / 0.0 / NaN
@@ -402,8 +403,8 @@ def predict(model_dir: Path, input: Path, output: Path) -> None:
         raise BioclsError(f"not a readable .h5ad ({type(e).__name__})", where=str(input),
                           fix="write it with anndata's write_h5ad") from None
     if adata.n_obs == 0 or adata.n_vars == 0:
-        raise BioclsError(f"has {adata.n_obs} cells and {adata.n_vars} genes", where=str(input),
-                          fix="supply at least one cell and one gene")
+        raise BioclsError(f"X has {adata.n_obs} cells and {adata.n_vars} genes",
+                          where=f"{input}: X", fix="supply at least one cell and one gene")
     check_values(adata.X, where=f"{input}: X")
     proba = model.predict_proba(pre.transform(adata))
     vocab = {"cell_type": model.types_, "cell_state": model.states_}

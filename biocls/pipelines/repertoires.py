@@ -155,7 +155,8 @@ def train_fold(spec: dict, *, store: Path, splits: Path, fold: str, out_dir: Pat
 
     ``fold`` ``"k"``: train on the other folds' subjects (early stopping on held-back training
     subjects), then write ``predictions.tsv`` and ``attention.tsv`` for fold ``k``'s repertoires
-    into ``out_dir``. ``fold`` ``"final"``: train on every subject and write the model folder
+    into ``out_dir``. ``fold`` ``"final"``: train on every subject (with, as in the folds, ~15 %
+    of the training subjects held back for early stopping) and write the model folder
     (``weights.pt``, ``model.json``) and, for ``pooling: patterns``, ``patterns.tsv`` into
     ``out_dir``. A killed run resumes from ``checkpoints`` (default ``out_dir/checkpoints``),
     which is removed once the outputs are written.
@@ -368,7 +369,8 @@ def fit_kmer_baseline(st: CDR3Store, train_rows: np.ndarray, test_rows: np.ndarr
         prob = m.predict_proba(sc.transform(X[len(train_rows):]))[:, 1] if len(test_rows) else \
             np.zeros(0)
     log.info("k-mer baseline: %s", best)
-    return prob, {**best, "inner_roc_auc": best.pop("auc")}
+    inner_auc = best.pop("auc")
+    return prob, {**best, "inner_roc_auc": inner_auc}
 
 
 # -- evaluate ----------------------------------------------------------------------------------

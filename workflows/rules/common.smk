@@ -6,12 +6,34 @@ from pathlib import Path
 from biocls._errors import BioclsError
 from biocls.config import validate_config
 
+
+def _config_to_validate():
+    """The merged config, or only the user's when their --configfile lacks `experiments`.
+
+    The Snakefile falls back to the demo config when `experiments` is missing; that is right when
+    the user gives no config file, but a user file without it (e.g. a misspelt `experiment:`)
+    must fail validation rather than silently run the demo.
+    """
+    from snakemake.common.configfile import load_configfile
+
+    files = [str(f) for f in workflow.overwrite_configfiles or []]
+    if files:
+        user = {}
+        for f in files:
+            user.update(load_configfile(f) or {})
+        user.update(workflow.config_settings.overwrite_config or {})
+        if "experiments" not in user:
+            return user, ", ".join(files)
+    return config, ", ".join(map(str, workflow.configfiles)) or "config"
+
+
 try:
+    _checked, _source = _config_to_validate()
     config.update(
         validate_config(
-            config,
+            _checked,
             Path(workflow.basedir) / "workflows" / "schemas" / "config.schema.yaml",
-            source=", ".join(map(str, workflow.configfiles)) or "config",
+            source=_source,
         )
     )
 except BioclsError as e:

@@ -1,0 +1,128 @@
+"""One end-to-end Snakemake run on a tiny cells config, then everything a user does next:
+the output contract, a no-op second run, ``biocls predict`` and ``snakemake --report``.
+
+Marked ``slow`` but part of the default ``pytest`` run (nothing deselects it). Cells only: the
+repertoire path needs OLGA and twice the jobs; tests/test_repertoire_pipeline.py covers it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CHECK = REPO.parent / "shared" / "check_outputs.py"  # CI's checkout has ../shared beside the repo
+EXP = "tiny_cells"
+N_PATIENTS = 4
+
+CONFIG = {"experiments": {EXP: {
+    "task": "cells",
+    "simulate": {"n_patients": N_PATIENTS, "cells_per_patient": 60, "n_genes": 200,
+                 "n_types": 3, "seed": 0},
+    "keys": {"cell_type": "cell_type", "cell_state": "cell_state", "patient": "patient"},
+    "folds": 2,
+    "seed": 0,
+    "progress": False,
+    "preprocess": {"n_top_genes": 50},
+    "model": {"hidden": [16], "max_epochs": 3, "patience": 3},
+}}}
+
+
+def _env() -> dict[str, str]:
+    """Rules call `biocls` from PATH: put this interpreter's bin first."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return {**os.environ, "PATH": path, "OMP_NUM_THREADS": "1"}
+
+
+def snakemake(work: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+           str(work), "--configfile", str(work / "tiny.yaml"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("workflow")
+    (work / "tiny.yaml").write_text(yaml.safe_dump(CONFIG))
+    proc = snakemake(work, "--cores", "2")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return work
+
+
+@pytest.mark.slow
+def test_outputs_match_the_contract(run: Path) -> None:
+    res = run / "results" / EXP
+    if CHECK.exists():
+        proc = subprocess.run([sys.executable, str(CHECK), str(res)], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "matches the output contract" in proc.stdout
+    # our own reading of DESIGN §4b, so the test means something where ../shared is absent
+    splits = pd.read_csv(res / "splits.tsv", sep="\t", dtype={"patient": str})
+    assert {"patient", "fold"} <= set(splits.columns)
+    assert len(splits) == N_PATIENTS and not splits["patient"].duplicated().any()
+    assert sorted(splits["fold"].unique()) == [0, 1]
+    pred = pd.read_csv(res / "predictions.tsv", sep="\t", dtype={"patient": str})
+    for col in ("patient", "fold", "true_cell_type", "pred_cell_type", "true_cell_state",
+                "pred_cell_state", "joint_pred_cell_type", "logreg_pred_cell_type"):
+        assert col in pred.columns, col
+    assert any(c.startswith("prob_cell_type:") for c in pred.columns)
+    fold_of = dict(zip(splits["patient"], splits["fold"], strict=True))
+    assert (pred["fold"] == pred["patient"].map(fold_of)).all()  # out of fold, every cell
+    assert set(pred["patient"]) == set(splits["patient"])
+    m = json.loads((res / "metrics.json").read_text())
+    assert m["task"] == "cells" and m["folds"] == 2 and m["n_patients"] == N_PATIENTS
+    assert m["n_cells"] == len(pred)
+    for head in ("cell_type", "cell_state"):
+        assert 0.0 <= m[head]["macro_f1"] <= 1.0
+        assert "macro_f1" in m["baselines"]["logreg"][head]
+        assert "macro_f1" in m["baselines"]["joint"][head]
+    assert set(m["per_patient"]) == set(splits["patient"])
+    assert (res / "model" / "model.json").exists()
+    assert (res / "reports" / "index.html").stat().st_size > 0
+    pages = sorted(p.stem for p in (res / "reports" / "patients").glob("*.html"))
+    assert pages == sorted(splits["patient"])
+
+
+@pytest.mark.slow
+def test_second_run_has_nothing_to_do(run: Path) -> None:
+    proc = snakemake(run, "-n", "--cores", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_predict_writes_the_obs_columns(run: Path) -> None:
+    import anndata as ad
+
+    src = run / "resources" / EXP / "cells.h5ad"
+    out = run / "annotated.h5ad"
+    proc = subprocess.run([sys.executable, "-m", "biocls", "predict", "--model",
+                           str(run / "results" / EXP / "model"), "--input", str(src),
+                           "--output", str(out)], capture_output=True, text=True, timeout=120,
+                          env=_env())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after = ad.read_h5ad(src), ad.read_h5ad(out)
+    assert after.n_obs == before.n_obs and list(after.obs_names) == list(before.obs_names)
+    for head in ("cell_type", "cell_state"):
+        labels = after.obs[f"biocls_{head}"].astype(str)
+        assert set(labels) <= set(before.obs[head].astype(str))
+        conf = after.obs[f"biocls_{head}_confidence"].to_numpy()
+        assert ((conf > 0) & (conf <= 1)).all()
+    # the user's own columns are kept
+    assert (after.obs["cell_type"].astype(str) == before.obs["cell_type"].astype(str)).all()
+
+
+@pytest.mark.slow
+def test_snakemake_report_builds(run: Path) -> None:
+    report = run / "report.html"
+    proc = snakemake(run, "--report", str(report), timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert report.exists() and report.stat().st_size > 10_000
