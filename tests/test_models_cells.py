@@ -107,9 +107,7 @@ def test_blocks_shapes() -> None:
     ({"dropout": 1.5}, "dropout"),
     ({"encoder": "mixer", "dropout": -0.1}, "dropout"),
     ({"encoder": "mixer", "dropout": 1.5}, "dropout"),
-    pytest.param({"encoder": "mixer", "dropout": 1.0}, "dropout", marks=pytest.mark.xfail(
-        strict=True, reason="bug: MixerEncoder accepts dropout=1.0 (MLPEncoder refuses it); "
-                            "all activations are dropped in training")),
+    ({"encoder": "mixer", "dropout": 1.0}, "dropout"),
     ({"hidden": []}, "MLPEncoder"),
 ])
 def test_bad_arguments_raise(kw: dict, match: str) -> None:
@@ -158,11 +156,6 @@ def test_predict_refuses_wrong_feature_count() -> None:
         model().predict_proba(X)
 
 
-JOINT_BUG = ("bug: CellClassifier.predict takes the joint head's type and state as separate "
-             "marginal argmaxes, which can combine into an untrained pair; it should take the "
-             "argmax pair")
-
-
 @pytest.fixture(scope="module")
 def held_out_pair():
     """Training data without the pair (b, y); new cells that are all (b, y)."""
@@ -188,14 +181,12 @@ def test_held_out_pair_joint_head_has_no_output_for_it(held_out_pair) -> None:
     assert joint.net_(torch.from_numpy(Xn))["pair"].shape == (len(Xn), 5)
 
 
-@pytest.mark.xfail(strict=True, reason=JOINT_BUG)
 def test_held_out_pair_joint_head_never_predicts_it(held_out_pair) -> None:
     X, t, s, Xn, common = held_out_pair
     pj = model(head="joint", **common).fit(X, t, s).predict(Xn)
     assert not np.any((pj["cell_type"] == "b") & (pj["cell_state"] == "y"))
 
 
-@pytest.mark.xfail(strict=True, reason=JOINT_BUG)
 def test_joint_head_predicts_only_trained_pairs_even_when_marginals_disagree() -> None:
     types, states = ["a", "b", "c"], ["x", "y", "z"]
     pairs = [(ty, st) for ty in types for st in states if (ty, st) != ("b", "y")]

@@ -71,7 +71,7 @@ class CellClassifier:
 
     def __init__(self, *, encoder: str = "mlp", head: str = "factored",
                  hidden: Sequence[int] = (256, 128), dropout: float = 0.2,
-                 input_dropout: float = 0.5, n_modules: int = 32,
+                 input_dropout: float = 0.0, n_modules: int = 32,
                  mixer_dim: int = 64, mixer_depth: int = 2, lr: float = 1e-3,
                  weight_decay: float = 1e-4, batch_size: int = 256, max_epochs: int = 60,
                  patience: int = 10, state_weight: float = 1.0, state_input: str = "centred",

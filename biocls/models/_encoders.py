@@ -71,6 +71,8 @@ class MixerEncoder(nn.Module):
     def __init__(self, modules: torch.Tensor | Sequence[int], dim: int = 64, depth: int = 2,
                  dropout: float = 0.1) -> None:
         super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         mods = torch.as_tensor(modules, dtype=torch.long)
         if mods.ndim != 1 or mods.numel() == 0 or int(mods.min()) < 0:
             raise ValueError("modules must be a non-empty 1-D tensor of non-negative module ids")
