@@ -67,7 +67,13 @@ def stage_train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     X = np.load(args.work / "X.npy")
     yt, ys = np.load(args.work / "type.npy"), np.load(args.work / "state.npy")
-    clf = CellClassifier(max_epochs=1, patience=1, progress=False, device=args.device)
+    # the demo's model settings (configs/default.yaml), one epoch, no validation set
+    import yaml
+
+    cfg = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
+                         .read_text())["experiments"]["demo_cells"]["model"]
+    cfg = {k: v for k, v in cfg.items() if k not in {"max_epochs", "patience"}}
+    clf = CellClassifier(max_epochs=1, patience=1, progress=False, device=args.device, **cfg)
     t = time.perf_counter()
     clf.fit(X, yt, ys)
     train_s = time.perf_counter() - t
@@ -128,7 +134,7 @@ def main() -> None:
           f"(simulated in {s['seconds']:.1f} s)")
     print(f"preprocessing (QC, fit on 75% of patients, transform all): {pp['seconds']:.1f} s "
           f"[target <= 60 s]  peak RSS {pp['peak_rss_gib']:.2f} GiB")
-    print(f"factored MLP, one training epoch: {tr['train_cells_per_s']:,.0f} cells/s "
+    print(f"factored MLP (demo settings), one training epoch: {tr['train_cells_per_s']:,.0f} cells/s "
           f"({tr['epoch_seconds']:.1f} s) [target >= 20,000]; prediction "
           f"{tr['predict_cells_per_s']:,.0f} cells/s; peak RSS {tr['peak_rss_gib']:.2f} GiB "
           f"[target <= 4 GiB]")

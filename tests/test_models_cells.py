@@ -134,7 +134,7 @@ def test_block_arguments_raise() -> None:
 
 
 @pytest.mark.parametrize("kw", [{}, {"encoder": "mixer"}, {"head": "joint"},
-                                {"state_input": "raw", "linear_skip": True}])
+                                {"state_input": "raw"}, {"input_dropout": 0.3}])
 def test_save_load_round_trip(kw: dict, tmp_path: Path) -> None:
     X, t, s = data()
     m = model(**kw).fit(X, t, s)
@@ -234,3 +234,17 @@ def test_all_states_unknown_means_no_state_head() -> None:
     X, t, _ = data()
     m = model().fit(X, t, [None] * N)
     assert m.states_ == [] and set(m.predict_proba(X)) == {"cell_type"}
+
+
+def test_centred_fast_path_equals_a_second_encoder_pass() -> None:
+    """The MLP's shared-stem shortcut must give what encoding ``x - p @ type_means`` gives."""
+    X, t, s = data()
+    m = model(hidden=[16, 8], input_dropout=0.2).fit(X, t, s)
+    net = m.net_.eval()
+    x = torch.from_numpy(X)
+    with torch.no_grad():
+        fast = net(x)
+        p = fast["cell_type"].softmax(-1)
+        slow = net.head.state_logits(net.encoder(x - p @ net.type_means))
+    assert net.type_means is not None and net.type_means.shape == (len(m.types_), G)
+    torch.testing.assert_close(fast["cell_state"], slow, rtol=1e-4, atol=1e-5)

@@ -31,29 +31,30 @@ class CellNet(nn.Module):
     """
 
     def __init__(self, encoder: nn.Module, head: nn.Module,
-                 type_means: torch.Tensor | None = None,
-                 skip: dict[str, int] | None = None, in_features: int = 0) -> None:
+                 type_means: torch.Tensor | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
-        # a linear path from the genes to each head ("wide & deep"): the linear part of the
-        # signal needs no depth, and the deep part is left the interactions
-        self.skip = nn.ModuleDict({k: nn.Linear(in_features, n) for k, n in (skip or {}).items()})
         if type_means is not None:
             self.register_buffer("type_means", torch.as_tensor(type_means, dtype=torch.float32))
         else:
             self.type_means = None
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = self.head(self.encoder(x))
-        if "cell_type" in self.skip:
-            out["cell_type"] = out["cell_type"] + self.skip["cell_type"](x)
-        if self.type_means is not None and "cell_state" in out:
-            p = out["cell_type"].detach().softmax(-1)
-            x = x - p @ self.type_means
-            out["cell_state"] = self.head.state_logits(self.encoder(x))
-        if "cell_state" in self.skip and "cell_state" in out:
-            out["cell_state"] = out["cell_state"] + self.skip["cell_state"](x)
+        enc = self.encoder
+        centred = self.type_means is not None and getattr(self.head, "state_head", None) is not None
+        if not centred:
+            return self.head(enc(x))
+        if hasattr(enc, "stem_shift"):
+            # one pass over the genes serves both heads (see MLPEncoder)
+            z = enc.stem_forward(x)
+            out = self.head(enc.trunk(z))
+            shift = out["cell_type"].detach().softmax(-1) @ enc.stem_shift(self.type_means)
+            out["cell_state"] = self.head.state_logits(enc.trunk(z - shift))
+            return out
+        out = self.head(enc(x))
+        p = out["cell_type"].detach().softmax(-1)
+        out["cell_state"] = self.head.state_logits(enc(x - p @ self.type_means))
         return out
 
 
@@ -75,7 +76,7 @@ class CellClassifier:
                  mixer_dim: int = 64, mixer_depth: int = 2, lr: float = 1e-3,
                  weight_decay: float = 1e-4, batch_size: int = 256, max_epochs: int = 60,
                  patience: int = 10, state_weight: float = 1.0, state_input: str = "centred",
-                 linear_skip: bool = False, early_stopping: str = "error", lr_decay: bool = True,
+                 early_stopping: str = "error", lr_decay: bool = True,
                  device: str = "auto",
                  seed: int = 0, progress: bool = True,
                  checkpoint_dir: str | Path | None = None, state_mode: str = "single",
@@ -98,7 +99,6 @@ class CellClassifier:
         self.patience = patience
         self.state_weight = state_weight
         self.state_input = state_input
-        self.linear_skip = linear_skip
         self.early_stopping = early_stopping
         self.lr_decay = lr_decay
         self.device = device
@@ -298,12 +298,7 @@ class CellClassifier:
         else:
             head = FactoredHeads(enc.out_features, len(self.types_), len(self.states_))
         means = None if self.type_means_ is None else torch.as_tensor(self.type_means_)
-        skip = None
-        if self.linear_skip and self.head == "factored":
-            skip = {"cell_type": len(self.types_)}
-            if self.states_:
-                skip["cell_state"] = len(self.states_)
-        return CellNet(enc, head, means, skip, self.n_features_in_)
+        return CellNet(enc, head, means)
 
     # -- prediction ----------------------------------------------------------------------------
     def predict_proba(self, X: np.ndarray, *, batch_size: int = 8192) -> dict[str, np.ndarray]:
