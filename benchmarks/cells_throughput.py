@@ -134,7 +134,8 @@ def main() -> None:
           f"(simulated in {s['seconds']:.1f} s)")
     print(f"preprocessing (QC, fit on 75% of patients, transform all): {pp['seconds']:.1f} s "
           f"[target <= 60 s]  peak RSS {pp['peak_rss_gib']:.2f} GiB")
-    print(f"factored MLP (demo settings), one training epoch: {tr['train_cells_per_s']:,.0f} cells/s "
+    print(f"factored MLP (demo settings), one training epoch: "
+          f"{tr['train_cells_per_s']:,.0f} cells/s "
           f"({tr['epoch_seconds']:.1f} s) [target >= 20,000]; prediction "
           f"{tr['predict_cells_per_s']:,.0f} cells/s; peak RSS {tr['peak_rss_gib']:.2f} GiB "
           f"[target <= 4 GiB]")

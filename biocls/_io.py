@@ -62,7 +62,7 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
-def write_tsv(path: str | os.PathLike[str], frame: "Any") -> None:
+def write_tsv(path: str | os.PathLike[str], frame: Any) -> None:
     """Write a pandas DataFrame as a TSV without its index."""
     with atomic_path(path) as tmp:
         frame.to_csv(tmp, sep="\t", index=False)

@@ -152,7 +152,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     from biocls.report import render_reports
 
     pages = render_reports(Path(args.results), Path(args.out) if args.out else None)
-    log.info("wrote %d report pages under %s", len(pages), args.out or Path(args.results) / "reports")
+    log.info("wrote %d report pages under %s", len(pages),
+             args.out or Path(args.results) / "reports")
 
 
 def cmd_predict(args: argparse.Namespace) -> None:

@@ -35,7 +35,7 @@ def validate_config(config: dict[str, Any], schema: dict[str, Any] | str | Path,
         field = ".".join(map(str, err.absolute_path)) or "(top level)"
         hint = err.schema.get("description") if isinstance(err.schema, dict) else None
         raise BioclsError(f"{err.message.splitlines()[0]}", where=f"{source}: {field}",
-                          fix=f"see workflows/schemas/config.schema.yaml"
+                          fix="see workflows/schemas/config.schema.yaml"
                               + (f" ({hint})" if hint else ""))
     out = copy.deepcopy(config)
     defs = schema.get("$defs", {})

@@ -17,14 +17,6 @@ TYPES, STATES = ["a", "b", "c"], ["x", "y"]
 N, G = 60, 12
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny nets: one torch thread is faster, and fair to a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def data(seed: int = 0, *, n: int = N, pairs=None):
     """Separable toy data: type and state each shift their own genes."""

@@ -21,14 +21,6 @@ from biocls.models._mil import enriched_patterns, seed_encoder
 POOLINGS = ["attention", "patterns"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: threads only add synchronisation (and stall on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def random_codes(n: int, lo: int = 4, hi: int = 18, seed: int = 0):
     g = torch.Generator().manual_seed(seed)

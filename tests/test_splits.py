@@ -138,16 +138,6 @@ def test_read_splits_refuses_a_patient_twice(tmp_path: Path) -> None:
         read_splits(str(f))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny nets: one torch thread is faster, and fair to a shared 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # -- the guard in the pipeline -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:

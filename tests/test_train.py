@@ -25,16 +25,6 @@ from biocls.train import CHECKPOINT, Trainer
 MAX_EPOCHS = 60
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny nets: one torch thread is faster, and fair to a shared 2-core machine."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 # -- the real CLI --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> dict:

@@ -19,7 +19,8 @@ def example_dataset(name: str) -> ad.AnnData:
     detects that the values are not raw counts and skips normalisation, saying so.
     """
     if name not in EXAMPLES:
-        raise BioclsError(f"unknown example '{name}'", where="example", fix=f"use one of {EXAMPLES}")
+        raise BioclsError(f"unknown example '{name}'", where="example",
+                          fix=f"use one of {EXAMPLES}")
     import scanpy as sc
 
     adata = sc.datasets.pbmc68k_reduced()

@@ -141,7 +141,7 @@ class CellClassifier:
             if len(self.states_) < 1:
                 raise ValueError("the joint head needs cell_state labels")
             ok = ys >= 0
-            self.pairs_ = sorted({(int(t), int(s)) for t, s in zip(yt[ok], ys[ok])})
+            self.pairs_ = sorted({(int(t), int(s)) for t, s in zip(yt[ok], ys[ok], strict=True)})
         seed_everything(self.seed)
         self.modules_ = (gene_modules(X, self.n_modules, seed=self.seed)
                          if self.encoder == "mixer" else None)

@@ -35,7 +35,7 @@ class MLPEncoder(nn.Module):
         self.input_dropout = float(input_dropout)
         self.stem = nn.Linear(in_features, hidden[0])
         layers: list[nn.Module] = [nn.LayerNorm(hidden[0]), nn.GELU(), nn.Dropout(dropout)]
-        for prev, h in zip(hidden[:-1], hidden[1:]):
+        for prev, h in zip(hidden[:-1], hidden[1:], strict=False):
             layers += [nn.Linear(prev, h), nn.LayerNorm(h), nn.GELU(), nn.Dropout(dropout)]
         self.trunk = nn.Sequential(*layers)
         self.out_features = hidden[-1]
@@ -52,7 +52,7 @@ class MLPEncoder(nn.Module):
         return nn.functional.linear(x, self.stem.weight * mask, self.stem.bias)
 
     def stem_shift(self, shift: torch.Tensor) -> torch.Tensor:
-        """``[N, F] → [N, hidden[0]]``: what subtracting ``shift`` from the input does to the stem."""
+        """``[N, F] → [N, hidden[0]]``: what subtracting ``shift`` from the input does to it."""
         return shift @ self.stem.weight.T
 
 
@@ -120,7 +120,7 @@ class MixerEncoder(nn.Module):
         return self.norm(self.blocks(h)).mean(dim=1)
 
 
-def gene_modules(X: torch.Tensor | "object", n_modules: int, *, seed: int = 0) -> list[int]:
+def gene_modules(X: torch.Tensor | object, n_modules: int, *, seed: int = 0) -> list[int]:
     """Group genes into ``n_modules`` co-expression modules by k-means on their profiles.
 
     ``X`` is a ``[cells, genes]`` matrix of training cells only (no leakage into modules).

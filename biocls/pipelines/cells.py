@@ -59,7 +59,7 @@ def state_label_names(spec: dict[str, Any]) -> list[str]:
 
 
 def _read_state_labels(adata: ad.AnnData, spec: dict[str, Any]) -> None:
-    """Validate ``keys.state_labels`` columns (1/0/NaN each) into ``obs["biocls_annotated:<name>"]``.
+    """Validate ``keys.state_labels`` columns (1/0/NaN) into ``obs["biocls_annotated:<name>"]``.
 
     Missing values stay unknown (NaN); they are never turned into negatives. Booleans count as
     1/0. Anything else is a one-line error naming the column and the offending value.
@@ -113,7 +113,8 @@ def _unseen_mask(obs: pd.DataFrame, spec: dict[str, Any]) -> np.ndarray:
     if "biocls_cell_state" not in obs:
         return mask
     for t, s in spec.get("unseen_combinations", []) or []:
-        mask |= ((obs["biocls_cell_type"] == str(t)) & (obs["biocls_cell_state"] == str(s))).to_numpy()
+        mask |= ((obs["biocls_cell_type"] == str(t))
+                 & (obs["biocls_cell_state"] == str(s))).to_numpy()
     return mask
 
 
@@ -130,7 +131,7 @@ def train_fold(spec: dict[str, Any], *, splits: Path, fold: str, out_dir: Path,
     adata = load_cells(spec)
     obs = adata.obs
     table = read_splits(str(splits))
-    fold_of = dict(zip(table["patient"].astype(str), table["fold"].astype(int)))
+    fold_of = dict(zip(table["patient"].astype(str), table["fold"].astype(int), strict=True))
     unknown = sorted(set(obs["biocls_patient"]) - set(fold_of))
     if unknown:
         raise BioclsError(f"patients {unknown[:3]} are not in splits.tsv", where=str(splits),
