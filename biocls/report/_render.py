@@ -705,7 +705,8 @@ def _repertoires_index(ctx: _Context) -> dict[str, Any]:
                 _plots.roc_curves(curves),
                 "ROC curves",
                 "Out-of-fold probabilities of all folds pooled into one curve per model (the"
-                " attention model and the k-mer logistic-regression baseline). Pooling mixes folds"
+                " attention MIL model and the k-mer logistic-regression baseline). Pooling mixes"
+                " folds"
                 " whose scores need not be calibrated alike, so the pooled AUC can differ from the"
                 " mean of the per-fold AUCs in the table.",
             )
