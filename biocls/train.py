@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from biocls._io import atomic_path
 
-__all__ = ["TrainHistory", "Trainer", "resolve_device", "seed_everything"]
+__all__ = ["TrainHistory", "Trainer", "resolve_device", "run_signature", "seed_everything"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def run_signature(params: dict[str, Any], *arrays: Any) -> str:
+    """A digest of a model's settings and its training data, for :meth:`Trainer.fit`.
+
+    Large arrays are sampled (every k-th row, plus their shapes), which is enough to tell one
+    data set or split from another without hashing gigabytes.
+    """
+    import hashlib
+    import json
+
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())
+    for a in arrays:
+        a = a.numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+        h.update(str((a.shape, a.dtype)).encode())
+        h.update(np.ascontiguousarray(a[:: max(1, len(a) // 512)] if a.ndim else a).tobytes())
+    return h.hexdigest()
 
 
 @dataclass

@@ -199,3 +199,32 @@ def test_enriched_patterns_find_the_implanted_motif():
     h = enc(bags[1].codes.long(), bags[1].lengths)
     wit = bags[1].order < 20
     assert h[wit, 0].min() > h[~wit, 0].max()  # the seeded filter fires on the witnesses
+
+
+def _bags(n_bags: int, seed: int):
+    out = []
+    for i in range(n_bags):
+        codes, lens = random_codes(30, seed=seed * 100 + i)
+        offs = np.concatenate([[0], np.cumsum(lens.numpy())])
+        flat = np.concatenate([codes[j, :ln].numpy() for j, ln in enumerate(lens.tolist())])
+        out.append(pack_bag(flat.astype(np.uint8), offs))
+    return out
+
+
+def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
+    """A stale checkpoint (other data or settings) must never be resumed: it could hold weights
+    trained on subjects that are now held out."""
+    bags, y = _bags(6, seed=0), [0, 1, 0, 1, 0, 1]
+    kw = {"n_filters": 4, "n_patterns": 3, "max_epochs": 2, "patience": 2, "seed_filters": 0,
+          "device": "cpu", "batch_size": 2}
+    first = RepertoireClassifier(**kw).fit(bags, y, checkpoint_dir=tmp_path, progress=False)
+    assert first.history_.resumed_from == 0
+    same = RepertoireClassifier(**kw).fit(bags, y, checkpoint_dir=tmp_path, progress=False)
+    assert same.history_.resumed_from == 2
+    other_data = RepertoireClassifier(**kw).fit(_bags(6, seed=1), y, checkpoint_dir=tmp_path,
+                                                progress=False)
+    assert other_data.history_.resumed_from == 0
+    other_lr = RepertoireClassifier(**{**kw, "lr": 1e-4}).fit(_bags(6, seed=1), y,
+                                                              checkpoint_dir=tmp_path,
+                                                              progress=False)
+    assert other_lr.history_.resumed_from == 0

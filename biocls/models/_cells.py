@@ -14,7 +14,7 @@ from biocls.losses import PARTIAL_MODES, masked_cross_entropy, partial_label_los
 from biocls.models._encoders import ENCODERS, MixerEncoder, MLPEncoder, gene_modules
 from biocls.models._heads import HEADS, FactoredHeads, JointHead
 from biocls.models._io import load_model_files, save_model_files
-from biocls.train import Trainer, TrainHistory, resolve_device, seed_everything
+from biocls.train import Trainer, TrainHistory, resolve_device, run_signature, seed_everything
 
 __all__ = ["CellClassifier", "CellNet"]
 
@@ -205,16 +205,9 @@ class CellClassifier:
         return self
 
     def _signature(self, X: np.ndarray, yt: np.ndarray, ys: np.ndarray) -> str:
-        """A digest of settings and training data: a checkpoint resumes only the same run."""
-        import hashlib
-        import json
-
-        h = hashlib.sha256(json.dumps(self.get_params(), sort_keys=True, default=str).encode())
-        h.update(np.ascontiguousarray(X[:: max(1, len(X) // 512)]).tobytes())
-        h.update(yt.tobytes())
-        h.update(ys.tobytes())
-        h.update(str(X.shape).encode())
-        return h.hexdigest()
+        """A checkpoint resumes only a run with the same settings and training data."""
+        params = {k: v for k, v in self.get_params().items() if k != "progress"}
+        return run_signature(params, X, yt, ys)
 
     def _loss(self, out: dict[str, torch.Tensor], t: torch.Tensor, s: torch.Tensor,
               pair_of: torch.Tensor | None, *, validation: bool = False) -> torch.Tensor:

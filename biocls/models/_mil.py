@@ -718,7 +718,7 @@ class RepertoireClassifier:
             checkpoint_dir: str | Path | None = None, progress: bool = True,
             desc: str = "mil") -> RepertoireClassifier:
         """Train on ``bags`` with binary labels ``y``; stop early on the validation loss."""
-        from biocls.train import Trainer, resolve_device, seed_everything
+        from biocls.train import Trainer, resolve_device, run_signature, seed_everything
 
         self._check()
         y_arr = np.asarray(y, dtype=np.float32)
@@ -761,7 +761,13 @@ class RepertoireClassifier:
         trainer = Trainer(max_epochs=self.max_epochs, patience=self.patience, lr=self.lr,
                           weight_decay=self.weight_decay, device=dev, seed=self.seed,
                           checkpoint_dir=checkpoint_dir, progress=progress, desc=desc)
-        self.history_ = trainer.fit(net, batches=batches, loss=loss, validate=validate)
+        # a checkpoint resumes only this run: same settings, labels and bags (a stale one from
+        # another split would leak held-out subjects into training)
+        sig = run_signature(self.get_params(), y_arr,
+                            np.array([len(b) for b in bags]),
+                            *[b.codes[:: max(1, len(b) // 64)] for b in bags])
+        self.history_ = trainer.fit(net, batches=batches, loss=loss, validate=validate,
+                                    signature=sig)
         self.net_ = net.cpu().eval()
         return self
 
