@@ -49,13 +49,35 @@ def load_spec(text: str) -> dict[str, Any]:
             import yaml
 
             spec = yaml.safe_load(path.read_text())
-    except (json.JSONDecodeError, ValueError) as e:
-        raise BioclsError(f"--spec is not valid JSON/YAML ({e})", where="--spec",
+    except (ValueError, yaml_error()) as e:  # JSONDecodeError is a ValueError
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise BioclsError(f"--spec is not valid JSON/YAML ({first})", where="--spec",
                           fix="quote the JSON in the shell") from None
     if not isinstance(spec, dict) or spec.get("task") not in ("cells", "repertoires"):
         raise BioclsError("spec needs `task: cells` or `task: repertoires`", where="--spec",
                           fix="pass one experiment block of the config")
     return spec
+
+
+def yaml_error() -> type[Exception]:
+    import yaml
+
+    return yaml.YAMLError
+
+
+def _parse_params(text: str | None) -> dict[str, Any]:
+    """``--params`` JSON of a simulator; a typo is a one-line error, not a traceback."""
+    if not text:
+        return {}
+    try:
+        params = json.loads(text)
+    except ValueError as e:
+        raise BioclsError(f"--params is not valid JSON ({e})", where="--params",
+                          fix="pass a JSON object, e.g. '{\"n_patients\": 12}'") from None
+    if not isinstance(params, dict):
+        raise BioclsError("--params must be a JSON object", where="--params",
+                          fix="pass a JSON object, e.g. '{\"n_patients\": 12}'")
+    return params
 
 
 def _pipeline(spec: dict[str, Any]) -> Any:
@@ -70,7 +92,7 @@ def _pipeline(spec: dict[str, Any]) -> Any:
 
 # -- verbs ---------------------------------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> None:
-    params = json.loads(args.params) if args.params else {}
+    params = _parse_params(args.params)
     if args.what == "cells":
         from biocls._io import atomic_path
         from biocls.simulate import simulate_cells

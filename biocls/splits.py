@@ -106,7 +106,7 @@ def assign_pseudo_patients(n_items: int, n_groups: int, *, seed: int = 0) -> np.
 
 def read_splits(path: str) -> pd.DataFrame:
     """Read ``splits.tsv`` and check that each patient appears once."""
-    df = pd.read_csv(path, sep="\t", dtype={"patient": str})
+    df = pd.read_csv(path, sep="\t", dtype={"patient": str}, keep_default_na=False)
     if not {"patient", "fold"} <= set(df.columns):
         raise BioclsError("needs columns patient, fold", where=path,
                           fix="regenerate it with `biocls split`")

@@ -131,6 +131,15 @@ def test_genes_aligned_by_name_and_missing_zero_filled_with_warning(counts):
     assert np.any(Z[:, 5:] != 0)
 
 
+def test_mostly_foreign_gene_names_are_an_error_not_a_constant_prediction(counts):
+    """Ensembl IDs against a model trained on symbols would zero-fill every gene."""
+    pre = CellPreprocessor(n_top_genes=40, nmads=None).fit(counts)
+    renamed = counts.copy()
+    renamed.var_names = [f"ENSG{i:011d}" for i in range(renamed.n_vars)]
+    with pytest.raises(BioclsError, match=r"var_names: 40 of 40 selected genes are missing"):
+        pre.transform(renamed, source="new.h5ad")
+
+
 def test_save_load_round_trip_is_identical(counts, tmp_path):
     pre = CellPreprocessor(n_top_genes=50, flavor="cell_ranger").fit(counts)
     pre.save(tmp_path / "model")

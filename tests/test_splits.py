@@ -196,3 +196,45 @@ def test_fold_predictions_hold_only_that_folds_patients(tiny: dict, tmp_path: Pa
     trained = set(info["fit_patients"]) | set(info["validation_patients"])
     assert not trained & held_out
     assert trained | held_out == set(table["patient"])
+
+
+def test_everything_learned_sees_only_fit_patients(tiny: dict, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Record what each learner actually receives in train_fold: gene selection and scaling,
+    the factored/joint models and the logistic-regression baseline must see fit-patient cells
+    only (validation cells only for early stopping), never the held-out fold."""
+    from biocls.models import CellClassifier
+    from biocls.pipelines import cells
+    from biocls.preprocess import CellPreprocessor
+
+    seen: dict[str, list] = {"pre": [], "clf": [], "logreg": []}
+    real_pre_fit, real_clf_fit, real_logreg = (CellPreprocessor.fit, CellClassifier.fit,
+                                               cells._logreg)
+
+    def pre_fit(self, adata, *a, **k):
+        seen["pre"].append(set(adata.obs["biocls_patient"]))
+        return real_pre_fit(self, adata, *a, **k)
+
+    def clf_fit(self, X, *a, **k):
+        seen["clf"].append((len(X), len(k.get("X_val", []))))
+        return real_clf_fit(self, X, *a, **k)
+
+    def logreg(X, y, X_test, seed):
+        seen["logreg"].append(len(X))
+        return real_logreg(X, y, X_test, seed)
+
+    monkeypatch.setattr(CellPreprocessor, "fit", pre_fit)
+    monkeypatch.setattr(CellClassifier, "fit", clf_fit)
+    monkeypatch.setattr(cells, "_logreg", logreg)
+    splits = tmp_path / "splits.tsv"
+    cells.split(tiny, splits)
+    out = tmp_path / "folds" / "0"
+    cells.train_fold(tiny, splits=splits, fold="0", out_dir=out)
+    info = json.loads((out / "fold_info.json").read_text())
+    fit_p, val_p = set(info["fit_patients"]), set(info["validation_patients"])
+    assert seen["pre"] == [fit_p]
+    obs = cells.load_cells(tiny).obs
+    n_fit = int(obs["biocls_patient"].isin(fit_p).sum())
+    n_val = int(obs["biocls_patient"].isin(val_p).sum())
+    assert seen["clf"] and all(c == (n_fit, n_val) for c in seen["clf"])
+    assert seen["logreg"] and all(n == n_fit for n in seen["logreg"])

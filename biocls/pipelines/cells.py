@@ -289,7 +289,7 @@ def evaluate(spec: dict[str, Any], *, splits: Path, folds_dir: Path, out_dir: Pa
         if not f.exists():
             raise BioclsError("missing fold predictions", where=str(f), fix="run `biocls train`")
         parts.append(pd.read_csv(f, sep="\t", dtype={"patient": str, "cell_id": str},
-                                 keep_default_na=True))
+                                 keep_default_na=False, na_values=[""]))
     pred = pd.concat(parts, ignore_index=True)
     if pred.groupby("patient")["fold"].nunique().max() > 1:
         raise RuntimeError("a patient has out-of-fold predictions from two folds")

@@ -403,10 +403,12 @@ def evaluate(spec: dict, *, splits: Path, folds_dir: Path, out_dir: Path) -> Non
         if not (d / "predictions.tsv").exists():
             raise BioclsError(f"fold {k} has no predictions.tsv", where=str(d),
                               fix=f"run `biocls train --fold {k}` first")
-        preds.append(pd.read_csv(d / "predictions.tsv", sep="\t",
-                                 dtype={"patient": str, "repertoire_id": str}))
+        # IDs such as "NA" are IDs, not missing values
+        preds.append(pd.read_csv(d / "predictions.tsv", sep="\t", keep_default_na=False,
+                                 na_values=[""], dtype={"patient": str, "repertoire_id": str}))
         if (d / "attention.tsv").exists():
-            atts.append(pd.read_csv(d / "attention.tsv", sep="\t",
+            atts.append(pd.read_csv(d / "attention.tsv", sep="\t", keep_default_na=False,
+                                    na_values=[""],
                                     dtype={"patient": str, "repertoire_id": str}))
         if (d / "fold.json").exists():
             fold_info[k] = json.loads((d / "fold.json").read_text())

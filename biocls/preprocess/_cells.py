@@ -27,6 +27,8 @@ from biocls._io import atomic_path, write_json
 logger = logging.getLogger(__name__)
 
 _FLAVORS = ("cell_ranger", "seurat")
+# more missing selected genes than this fraction is an error, not a warning
+_MAX_MISSING = 0.5
 _CHUNK_ROWS = 8192  # rows densified at a time in transform
 _SAMPLE_ROWS = 1000  # rows inspected by is_raw_counts
 _FORMAT_VERSION = 1
@@ -442,6 +444,16 @@ class CellPreprocessor:
         pos_hvg = names.get_indexer(pd.Index(self.hvg_))
         present = np.flatnonzero(pos_hvg >= 0)
         n_missing = len(self.hvg_) - len(present)
+        if n_missing > _MAX_MISSING * len(self.hvg_):
+            # predictions from mostly zero-filled genes would all look alike: refuse them
+            expected = ", ".join(map(str, list(self.hvg_)[:3]))
+            given = ", ".join(map(str, list(names)[:3]))
+            raise BioclsError(
+                f"{n_missing} of {len(self.hvg_)} selected genes are missing (expected names "
+                f"like {expected}; the input has {given})",
+                where=_where(source, "var_names"),
+                fix="use the gene identifiers of the training data (symbols vs Ensembl IDs?)",
+            )
         if n_missing:
             n_missing_all = int((names.get_indexer(pd.Index(self.genes_)) < 0).sum())
             msg = (
