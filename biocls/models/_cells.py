@@ -152,6 +152,9 @@ class CellClassifier:
         self.net_ = self._build()
         device = resolve_device(self.device)
         Xt, Yt, Ys = torch.from_numpy(X), torch.from_numpy(yt), torch.from_numpy(ys)
+        if device.type == "cuda" and X.nbytes < 4 * 2**30:
+            # one copy up front instead of one per batch: the GPU otherwise waits on the host
+            Xt, Yt, Ys = Xt.to(device), Yt.to(device), Ys.to(device)
         pair_of = self._pair_lookup() if self.head == "joint" else None
         validate = None
         if X_val is not None and len(X_val):
@@ -182,7 +185,7 @@ class CellClassifier:
         bs = self.batch_size
 
         def batches(rng: np.random.Generator):
-            order = torch.from_numpy(rng.permutation(len(Xt)))
+            order = torch.from_numpy(rng.permutation(len(Xt))).to(Xt.device)
             for i in range(0, len(order), bs):
                 idx = order[i:i + bs]
                 if len(idx) < 2:
