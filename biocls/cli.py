@@ -38,6 +38,8 @@ data paths (`input`, or `metadata` + `repertoires`) filled in. See README.md.
 
 def load_spec(text: str) -> dict[str, Any]:
     """Parse ``--spec``: inline JSON, or a path to a JSON/YAML file holding one experiment."""
+    import yaml
+
     try:
         if text.lstrip().startswith("{"):
             spec = json.loads(text)
@@ -46,10 +48,8 @@ def load_spec(text: str) -> dict[str, Any]:
             if not path.exists():
                 raise BioclsError("spec file not found", where=text,
                                   fix="pass inline JSON or an existing .json/.yaml file")
-            import yaml
-
             spec = yaml.safe_load(path.read_text())
-    except (ValueError, yaml_error()) as e:  # JSONDecodeError is a ValueError
+    except (ValueError, yaml.YAMLError) as e:  # JSONDecodeError is a ValueError
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BioclsError(f"--spec is not valid JSON/YAML ({first})", where="--spec",
                           fix="quote the JSON in the shell") from None
@@ -57,12 +57,6 @@ def load_spec(text: str) -> dict[str, Any]:
         raise BioclsError("spec needs `task: cells` or `task: repertoires`", where="--spec",
                           fix="pass one experiment block of the config")
     return spec
-
-
-def yaml_error() -> type[Exception]:
-    import yaml
-
-    return yaml.YAMLError
 
 
 def _parse_params(text: str | None) -> dict[str, Any]:

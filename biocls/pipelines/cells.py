@@ -322,9 +322,9 @@ def evaluate(spec: dict[str, Any], *, splits: Path, folds_dir: Path, out_dir: Pa
         per_patient[str(p)] = entry
     metrics["per_patient"] = per_patient
     metrics["unseen_combinations"] = _unseen_report(pred, spec)
-    info = [_read_json(folds_dir / str(k) / "fold_info.json") for k in range(n_folds)]
-    if info and info[0]:
-        metrics["preprocess"] = info[0].get("preprocess", {})
+    info = _read_json(folds_dir / "0" / "fold_info.json")  # every fold preprocesses alike
+    if info:
+        metrics["preprocess"] = info.get("preprocess", {})
     if spec.get("pseudo_patients"):
         metrics["pseudo_groups"] = (
             f"single donor split into {spec['pseudo_patients']} random pseudo-patients: "
