@@ -25,7 +25,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e ".[dev,simulate]"
+	$(BIN)/python -m pip install -q -e ".[dev,simulate,slurm]"
 	touch $(STAMP)
 
 lint: $(STAMP)

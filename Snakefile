@@ -8,7 +8,7 @@ min_version("9.0")
 # the experiments in my.yaml rather than merging them with the demo's.
 if not config.get("experiments"):
 
-    configfile: "configs/default.yaml"
+    configfile: f"{workflow.basedir}/configs/default.yaml"
 
 
 report: "workflows/report/workflow.rst"

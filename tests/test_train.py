@@ -2,13 +2,16 @@
 a checkpoint written under another configuration is never resumed.
 
 The resume test is real: ``biocls train`` runs in a subprocess, is SIGKILLed once its first
-checkpoint exists, and is started again with the same command.
+checkpoint exists, and is started again with the same command. Its final metrics.json, from
+``biocls evaluate`` over both folds, must equal the uninterrupted run's byte for byte.
+(.ci/slurm_demo.py does the same through SLURM: scancel, retry, resume, identical metrics.)
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -48,15 +51,20 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return {"root": root, "spec": spec_file, "splits": splits}
 
 
-def train_cmd(job: dict, out: Path, ckpt: Path | None) -> list[str]:
+def train_cmd(job: dict, out: Path, ckpt: Path | None, fold: str = "0") -> list[str]:
     cmd = [sys.executable, "-m", "biocls", "-q", "train", "--spec", str(job["spec"]),
-           "--splits", str(job["splits"]), "--fold", "0", "--out", str(out), "--threads", "1"]
+           "--splits", str(job["splits"]), "--fold", fold, "--out", str(out), "--threads", "1"]
     return cmd + (["--checkpoints", str(ckpt)] if ckpt else [])
 
 
-def run_train(job: dict, out: Path, ckpt: Path | None = None) -> None:
-    proc = subprocess.run(train_cmd(job, out, ckpt), capture_output=True, text=True, timeout=240)
+def run_train_fold(job: dict, out: Path, fold: str, ckpt: Path | None = None) -> None:
+    proc = subprocess.run(train_cmd(job, out, ckpt, fold), capture_output=True, text=True,
+                          timeout=240)
     assert proc.returncode == 0, proc.stderr
+
+
+def run_train(job: dict, out: Path, ckpt: Path | None = None) -> None:
+    run_train_fold(job, out, "0", ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +72,24 @@ def uninterrupted(job: dict) -> Path:
     out = job["root"] / "plain"
     run_train(job, out)
     return out
+
+
+def metrics_json(job: dict, fold0: Path, name: str) -> bytes:
+    """metrics.json of ``biocls evaluate`` over this fold 0 and the shared fold 1."""
+    fold1 = job["root"] / "fold1"
+    if not fold1.exists():
+        run_train_fold(job, fold1, "1")
+    folds = job["root"] / name / "folds"
+    shutil.copytree(fold0, folds / "0")
+    shutil.copytree(fold1, folds / "1")
+    proc = subprocess.run([sys.executable, "-m", "biocls", "-q", "evaluate", "--spec",
+                           str(job["spec"]), "--splits", str(job["splits"]), "--folds-dir",
+                           str(folds), "--out", str(folds.parent)], capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    data = (folds.parent / "metrics.json").read_bytes()
+    assert json.loads(data)["n_patients"] == 4  # both folds' held-out patients
+    return data
 
 
 def predictions(out: Path) -> bytes:
@@ -102,6 +128,7 @@ def test_killed_run_resumes_to_identical_results(job: dict, uninterrupted: Path)
     assert resumed["train_loss"] == plain["train_loss"]
     assert resumed["val_score"] == plain["val_score"]
     assert resumed["best_epoch"] == plain["best_epoch"]
+    assert metrics_json(job, out, "resumed_eval") == metrics_json(job, uninterrupted, "plain_eval")
 
 
 def test_two_runs_give_identical_predictions(job: dict, uninterrupted: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -126,3 +127,14 @@ def test_snakemake_report_builds(run: Path) -> None:
     proc = snakemake(run, "--report", str(report), timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert report.exists() and report.stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_same_config_twice_gives_identical_results(run: Path, tmp_path: Path) -> None:
+    """Issue 5: on CPU a second run from scratch, in another folder, is byte-identical."""
+    shutil.copy(run / "tiny.yaml", tmp_path / "tiny.yaml")
+    proc = snakemake(tmp_path, "--cores", "2")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for name in ("metrics.json", "predictions.tsv", "splits.tsv"):
+        first, second = run / "results" / EXP / name, tmp_path / "results" / EXP / name
+        assert first.read_bytes() == second.read_bytes(), name

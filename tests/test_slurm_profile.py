@@ -1,0 +1,81 @@
+"""Issue 5, point 1: the SLURM profile covers every rule, retries with more memory, has one GPU
+switch, and `snakemake -n --profile configs/profiles/slurm` resolves it.
+
+Submitting for real needs a cluster: .ci/slurm_demo.py does that in CI.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILE = REPO / "configs" / "profiles" / "slurm"
+TRAINING = {"train_cells", "train_cells_final", "certify_cells", "train_repertoires",
+            "train_repertoires_final"}
+TINY = {"experiments": {"tiny": {
+    "task": "cells", "simulate": {"n_patients": 4, "cells_per_patient": 40, "n_genes": 100},
+    "keys": {"cell_type": "cell_type", "cell_state": "cell_state", "patient": "patient"},
+    "folds": 2}}}
+
+
+def profile(text: str | None = None) -> dict:
+    return yaml.safe_load(text if text is not None else (PROFILE / "config.yaml").read_text())
+
+
+def snakemake(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
+           *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+
+
+def workflow_rules() -> set[str]:
+    proc = snakemake(REPO, "--list-rules")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return set(proc.stdout.split()) - {"all"}
+
+
+def test_profile_sets_memory_and_runtime_for_every_rule() -> None:
+    p = profile()
+    assert p["executor"] == "slurm"
+    assert p["retries"] >= 1 and p["jobs"] >= 1
+    rules = workflow_rules()
+    assert {"train_cells", "train_repertoires", "report"} <= rules  # the listing worked
+    assert set(p["set-resources"]) == rules  # a new rule must be sized here too
+    for rule in rules:
+        res = p["set-resources"][rule]
+        for key in ("mem_mb", "runtime"):
+            # `attempt` is 2 on the retry: the second try must ask for more
+            expr = str(res[key])
+            assert eval(expr, {"attempt": 2}) > eval(expr, {"attempt": 1}), (rule, key)
+
+
+def test_gpu_switch_is_one_line() -> None:
+    text = (PROFILE / "config.yaml").read_text()
+    assert len(re.findall(r"^\s*gpu: &gpus 0\s*$", text, flags=re.M)) == 1
+    off, on = profile(), profile(text.replace("gpu: &gpus 0", "gpu: &gpus 1"))
+    for rule, res in on["set-resources"].items():
+        want = 1 if rule in TRAINING else None
+        assert res.get("gpu") == want, rule
+        assert off["set-resources"][rule].get("gpu") in (0, None), rule
+
+
+@pytest.mark.slow
+def test_dry_run_through_the_profile(tmp_path: Path) -> None:
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    proc = snakemake(tmp_path, "-n", "--profile", str(PROFILE), "--configfile",
+                     str(tmp_path / "tiny.yaml"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "Using profile" in out and "slurm" in out
+    # the profile's sizes reach the jobs (attempt 1): training 8000 MB and 120 min, no GPU
+    train = out.split("rule train_cells:", 1)[1].split("\n\n", 1)[0]
+    resources = re.search(r"resources: (.*)", train).group(1)
+    assert "mem_mb=8000" in resources and "runtime=120" in resources and "gpu=0" in resources
