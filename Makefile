@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check biocls tests benchmarks
+	$(BIN)/ruff check biocls tests benchmarks .ci
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --lint
 
 report: $(STAMP)

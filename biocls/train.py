@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from biocls._io import atomic_path
+from biocls._progress import progress_bar
 
 __all__ = ["TrainHistory", "Trainer", "resolve_device", "run_signature", "seed_everything"]
 
@@ -165,7 +165,7 @@ class Trainer:
             hist = TrainHistory(**{**state["history"], "resumed_from": int(state["epoch"])})
             start = int(state["epoch"])
             log.info("%s: resuming from %s after epoch %d", self.desc, ckpt, start)
-        bar = tqdm(total=self.max_epochs, initial=start, desc=self.desc, unit="epoch",
+        bar = progress_bar(total=self.max_epochs, initial=start, desc=self.desc, unit="epoch",
                    disable=not self.progress, leave=False)
         epoch = start
         try:
@@ -203,8 +203,8 @@ class Trainer:
                         module.load_state_dict(best_state)
                         for group in opt.param_groups:
                             group["lr"] *= 0.5
+                bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{score:.4f}", refresh=False)
                 bar.update(1)
-                bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{score:.4f}")
                 if ckpt is not None:
                     self._save(ckpt, module, opt, best_state, bad, hist, epoch + 1, signature)
         finally:

@@ -228,3 +228,35 @@ def test_checkpoint_of_another_run_is_not_resumed(tmp_path):
                                                               checkpoint_dir=tmp_path,
                                                               progress=False)
     assert other_lr.history_.resumed_from == 0
+
+
+class Killed(Exception):
+    pass
+
+
+def test_killed_fit_resumes_to_identical_predictions(tmp_path, monkeypatch):
+    """A repertoire run stopped right after its epoch-2 checkpoint and started again ends exactly
+    where an uninterrupted run does (weights, optimiser, lr halving and per-epoch RNG restored)."""
+    from biocls.train import Trainer
+
+    bags, y = _bags(6, seed=0), [0, 1, 0, 1, 0, 1]
+    kw = {"n_filters": 4, "n_patterns": 3, "max_epochs": 5, "patience": 5, "seed_filters": 2,
+          "device": "cpu", "batch_size": 2}
+    plain = RepertoireClassifier(**kw).fit(bags, y, progress=False)
+
+    save = Trainer._save
+
+    def save_then_die(path, *args):
+        save(path, *args)
+        if args[-2] == 2:  # the epoch number just saved
+            raise Killed
+
+    monkeypatch.setattr(Trainer, "_save", staticmethod(save_then_die))
+    with pytest.raises(Killed):
+        RepertoireClassifier(**kw).fit(bags, y, checkpoint_dir=tmp_path, progress=False)
+    monkeypatch.undo()
+    resumed = RepertoireClassifier(**kw).fit(bags, y, checkpoint_dir=tmp_path, progress=False)
+    assert resumed.history_.resumed_from == 2
+    assert resumed.history_.train_loss == plain.history_.train_loss
+    assert len(plain.history_.train_loss) == 5
+    np.testing.assert_array_equal(resumed.predict_proba(bags), plain.predict_proba(bags))

@@ -233,3 +233,13 @@ def test_cell_classifier_ignores_checkpoint_of_other_settings(tmp_path: Path) ->
     assert other.history_.resumed_from == 0
     other_data = CellClassifier(hidden=[4], **kw).fit(X[::-1].copy(), t[::-1], s[::-1])
     assert other_data.history_.resumed_from == 0
+
+
+def test_progress_bar_in_a_log_file_is_not_redrawn_every_epoch(capsys) -> None:
+    """Under Snakemake or SLURM stderr is a log file: 40 epochs must not mean 40 redraws."""
+    batches, loss, validate = _problem()
+    Trainer(max_epochs=40, patience=40, device="cpu", progress=True, desc="quiet").fit(
+        _net(), batches=batches, loss=loss, validate=validate)
+    err = capsys.readouterr().err
+    assert "quiet" in err  # the bar is shown
+    assert err.count("quiet:") <= 3, err

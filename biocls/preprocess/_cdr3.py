@@ -27,10 +27,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from biocls._errors import BioclsError
 from biocls._io import atomic_path
+from biocls._progress import progress_bar
 from biocls.data._airr import iter_repertoire_chunks
 
 __all__ = ["ALPHABET", "Bag", "CDR3Store", "build_cdr3_store", "decode_sequences",
@@ -129,7 +129,7 @@ def build_cdr3_store(
         offs.add(np.zeros(1, np.int64))
         rep_off = [0]
         n_res = 0
-        bar = tqdm(metadata.itertuples(index=False), total=len(metadata), desc="encode",
+        bar = progress_bar(metadata.itertuples(index=False), total=len(metadata), desc="encode",
                    unit="repertoire", disable=not progress)
         for r in bar:
             rid = r.repertoire_id

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from biocls._errors import BioclsError
 from biocls._io import atomic_path
+from biocls._progress import progress_bar
 
 __all__ = ["PHYSICOCHEMICAL_GROUPS", "implant_motif", "simulate_repertoires"]
 
@@ -173,7 +173,7 @@ def simulate_repertoires(
     with atomic_path(out) as tmp:
         (tmp / "repertoires").mkdir(parents=True)
         total = int(n_subjects + two.sum())
-        bar = tqdm(total=total, desc="simulate", unit="repertoire", disable=not progress)
+        bar = progress_bar(total=total, desc="simulate", unit="repertoire", disable=not progress)
         for s in range(n_subjects):
             subject = f"S{s:04d}"
             prev = None
