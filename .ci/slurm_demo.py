@@ -9,6 +9,8 @@
    job of the DAG ran as a batch job submitted by sbatch and completed, that the cancelled one was
    retried with more memory, and that the retried training resumed mid-way.
 5. Check that each experiment's metrics.json and predictions.tsv equal the local run's bytes.
+6. Switch the profile's GPU line on and rerun one training job: SLURM must allocate it a GPU (the
+   node declares one to the scheduler; nothing runs on it).
 The cluster is shut down at the end, whatever happens (also on Ctrl-C or SIGTERM).
 
 Usage: .venv/bin/python .ci/slurm_demo.py [--work DIR] [--keep]
@@ -38,6 +40,8 @@ VICTIM = "rule_train_cells_wildcards_demo_cells_0"  # the job that is scancel-ed
 VICTIM_CHECKPOINT = "results/demo_cells/checkpoints/0/factored/checkpoint.pt"
 VICTIM_FOLD_INFO = "results/demo_cells/folds/0/fold_info.json"
 LOCAL_RULES = {"all"}
+# No accounting database on this cluster: job states come from squeue.
+STATUS_ARGS = ("--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5")
 TIMEOUT_S = 1800
 
 
@@ -110,6 +114,12 @@ def dag_size(log: str) -> int:
     return int(counts.pop("total")) - sum(int(counts.get(r, 0)) for r in LOCAL_RULES)
 
 
+def scontrol(job_id: str) -> str:
+    """slurmctld's full record of one job, on one line."""
+    return subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
+                          text=True).stdout
+
+
 def jobcomp() -> dict[str, dict[str, str]]:
     """SLURM's job-completion log (jobcomp/filetxt): one `key=value ...` record per finished job."""
     records = {}
@@ -129,14 +139,15 @@ def check_records(log: str, work: Path, victim: str) -> None:
         problems.append(f"SLURM knows jobs {sorted(table)} under run {run_id}; Snakemake "
                         f"submitted {sorted(jobs)}")
     for job_id in sorted(jobs & set(table), key=int):
-        show = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True,
-                              text=True).stdout
+        show = scontrol(job_id)
         rec, what = completed.get(job_id, {}), f"job {job_id} ({table[job_id]['comment']})"
         want_state = "CANCELLED" if job_id == victim else "COMPLETED"
         if f"_slurm_rpc_submit_batch_job: JobId={job_id} " not in ctld_log:
             problems.append(f"{what}: no sbatch submission in slurmctld.log")
         if "BatchFlag=1" not in show:
             problems.append(f"{what}: not a batch job per scontrol")
+        if "gres:gpu" in show:
+            problems.append(f"{what}: asked for a GPU, but the profile's GPU switch is off")
         if rec.get("JobState") != want_state or table[job_id]["state"] != want_state:
             problems.append(f"{what}: {rec.get('JobState')}, want {want_state}")
         if rec.get("WorkDir") != str(work):
@@ -158,6 +169,31 @@ def check_records(log: str, work: Path, victim: str) -> None:
         raise Failed("SLURM records:\n  " + "\n  ".join(problems))
     say(f"SLURM records: {len(jobs)} batch jobs submitted by sbatch under run {run_id}: "
         f"{len(done)} completed (one per DAG job), 1 cancelled")
+
+
+def check_gpu_switch(work: Path, slurm: Path) -> None:
+    """Turn the profile's one GPU line on and rerun one training job: SLURM must give it a GPU.
+
+    The cluster's node has one GPU that exists for the scheduler only, so the job still trains on
+    the CPU (it resumes from its finished checkpoint).
+    """
+    profile = work / "gpu-profile"
+    shutil.copytree(REPO / "configs/profiles/slurm", profile)
+    text, n = re.subn(r"^(\s*gpu: &gpus) 0$", r"\1 1", (profile / "config.yaml").read_text(),
+                      flags=re.M)
+    if n != 1:
+        raise Failed("the profile has no single `gpu: &gpus 0` line to switch GPUs on")
+    (profile / "config.yaml").write_text(text)
+    proc = snakemake(slurm, "--profile", str(profile), *STATUS_ARGS, "--forcerun",
+                     "train_cells_final", "--until", "train_cells_final", log=work / "gpu.log")
+    _, jobs = submitted_jobs(finish(proc, work / "gpu.log", "GPU-switch run"))
+    if len(jobs) != 1:
+        raise Failed(f"the GPU-switch run submitted {len(jobs)} jobs, want 1 (train_cells_final)")
+    job_id = jobs.pop()
+    show = scontrol(job_id)
+    if "TresPerJob=gres:gpu:1" not in show or "JobState=COMPLETED" not in show:
+        raise Failed(f"job {job_id} with the GPU switch on: {show}")
+    say(f"GPU switch on: job {job_id} (train_cells_final) got TresPerJob=gres:gpu:1 and completed")
 
 
 def check_resumed(work: Path) -> None:
@@ -200,10 +236,7 @@ def main() -> int:
 
         t0 = time.monotonic()
         canceller = Canceller(slurm)
-        proc = snakemake(slurm, "--profile", str(REPO / "configs/profiles/slurm"),
-                         # no accounting database on this cluster: status from squeue
-                         "--slurm-status-command", "squeue",
-                         "--slurm-init-seconds-before-status-checks", "5",
+        proc = snakemake(slurm, "--profile", str(REPO / "configs/profiles/slurm"), *STATUS_ARGS,
                          log=work / "slurm.log")
         canceller.start()
         text = finish(proc, work / "slurm.log", "SLURM run")
@@ -215,6 +248,7 @@ def main() -> int:
         check_records(text, slurm, canceller.job_id)
         check_resumed(slurm)
         check_identical(local, slurm)
+        check_gpu_switch(work, slurm)
     except Failed as e:
         say(f"FAILED: {e}")
         say(f"runs kept in {work}; cluster logs in {SLURM_LOGS}/log")
