@@ -166,7 +166,7 @@ class Trainer:
             start = int(state["epoch"])
             log.info("%s: resuming from %s after epoch %d", self.desc, ckpt, start)
         bar = progress_bar(total=self.max_epochs, initial=start, desc=self.desc, unit="epoch",
-                   disable=not self.progress, leave=False)
+                           disable=not self.progress, leave=False)
         epoch = start
         try:
             for epoch in range(start, self.max_epochs):

@@ -129,8 +129,8 @@ def build_cdr3_store(
         offs.add(np.zeros(1, np.int64))
         rep_off = [0]
         n_res = 0
-        bar = progress_bar(metadata.itertuples(index=False), total=len(metadata), desc="encode",
-                   unit="repertoire", disable=not progress)
+        bar = progress_bar(metadata.itertuples(index=False), total=len(metadata),
+                           desc="encode", unit="repertoire", disable=not progress)
         for r in bar:
             rid = r.repertoire_id
             n_ok = n_drop = 0
