@@ -31,6 +31,8 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER = REPO / ".ci" / "slurm-cluster"
 SLURM_LOGS = Path(os.environ.get("BIOCLS_SLURM_DIR", "/tmp/biocls-slurm"))
@@ -39,10 +41,15 @@ OUTPUTS = ("metrics.json", "predictions.tsv")
 VICTIM = "rule_train_cells_wildcards_demo_cells_0"  # the job that is scancel-ed
 VICTIM_CHECKPOINT = "results/demo_cells/checkpoints/0/factored/checkpoint.pt"
 VICTIM_FOLD_INFO = "results/demo_cells/folds/0/fold_info.json"
+_DEMO_MODEL = yaml.safe_load((REPO / "configs/default.yaml").read_text())["experiments"][
+    "demo_cells"]["model"]
+MAX_EPOCHS, PATIENCE = int(_DEMO_MODEL["max_epochs"]), int(_DEMO_MODEL["patience"])
 LOCAL_RULES = {"all"}
 # No accounting database on this cluster: job states come from squeue.
 STATUS_ARGS = ("--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "5")
 TIMEOUT_S = 1800
+MIN_NODE_MEMORY_MB = 16000  # the retry of a training job asks for 2 x 8000 MB
+CHILDREN: list[subprocess.Popen] = []  # Snakemake processes, stopped before the cluster goes down
 
 
 class Failed(Exception):
@@ -58,7 +65,22 @@ def snakemake(work: Path, *args: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), *args]
     say("$ " + " ".join(cmd))
-    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    CHILDREN.append(proc)
+    return proc
+
+
+def stop_children() -> None:
+    """SIGINT makes Snakemake scancel its SLURM jobs; whatever does not stop in time is killed."""
+    for proc in CHILDREN:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def finish(proc: subprocess.Popen, log: Path, what: str) -> str:
@@ -82,8 +104,18 @@ def squeue() -> list[dict[str, str]]:
     return [dict(zip(keys, line.split("|"), strict=True)) for line in out.splitlines()]
 
 
+def training_unfinished(ckpt: Path) -> bool:
+    """The checkpoint exists and its training would go on (epochs left, patience not used up)."""
+    import torch  # only here: the rest of this script does not need it
+
+    if not ckpt.exists():
+        return False
+    state = torch.load(ckpt, weights_only=True)
+    return state["epoch"] < MAX_EPOCHS and state["bad_epochs"] < PATIENCE
+
+
 class Canceller(threading.Thread):
-    """scancel the victim job once its first checkpoint exists: a kill in the middle of training."""
+    """scancel the victim job while its training is under way: a kill in the middle of training."""
 
     def __init__(self, work: Path) -> None:
         super().__init__(daemon=True)
@@ -92,12 +124,16 @@ class Canceller(threading.Thread):
     def run(self) -> None:
         ckpt = self.work / VICTIM_CHECKPOINT
         while not self.stop.is_set():
-            running = [j for j in squeue() if j["comment"] == VICTIM and j["state"] == "RUNNING"]
-            if running and ckpt.exists():
-                self.job_id = running[0]["id"]
-                subprocess.run(["scancel", self.job_id], check=True)
-                say(f"scancel {self.job_id} ({VICTIM}) after its first checkpoint")
-                return
+            try:
+                running = [j["id"] for j in squeue()
+                           if j["comment"] == VICTIM and j["state"] == "RUNNING"]
+                if running and training_unfinished(ckpt):
+                    subprocess.run(["scancel", running[0]], check=True)
+                    self.job_id = running[0]
+                    say(f"scancel {self.job_id} ({VICTIM}) in the middle of its training")
+                    return
+            except (subprocess.CalledProcessError, OSError, RuntimeError) as e:
+                say(f"canceller: {e} (trying again)")  # a transient squeue/scancel/read error
             time.sleep(0.05)
 
 
@@ -146,7 +182,7 @@ def check_records(log: str, work: Path, victim: str) -> None:
             problems.append(f"{what}: no sbatch submission in slurmctld.log")
         if "BatchFlag=1" not in show:
             problems.append(f"{what}: not a batch job per scontrol")
-        if "gres:gpu" in show:
+        if re.search(r"gres[:/]gpu", show):
             problems.append(f"{what}: asked for a GPU, but the profile's GPU switch is off")
         if rec.get("JobState") != want_state or table[job_id]["state"] != want_state:
             problems.append(f"{what}: {rec.get('JobState')}, want {want_state}")
@@ -179,10 +215,10 @@ def check_gpu_switch(work: Path, slurm: Path) -> None:
     """
     profile = work / "gpu-profile"
     shutil.copytree(REPO / "configs/profiles/slurm", profile)
-    text, n = re.subn(r"^(\s*gpu: &gpus) 0$", r"\1 1", (profile / "config.yaml").read_text(),
-                      flags=re.M)
+    text, n = re.subn(r"^(\s*<<: &gpu) \{gpu: 0\}$", r"\1 {gpu: 1}",
+                      (profile / "config.yaml").read_text(), flags=re.M)
     if n != 1:
-        raise Failed("the profile has no single `gpu: &gpus 0` line to switch GPUs on")
+        raise Failed("the profile has no single `<<: &gpu {gpu: 0}` line to switch GPUs on")
     (profile / "config.yaml").write_text(text)
     proc = snakemake(slurm, "--profile", str(profile), *STATUS_ARGS, "--forcerun",
                      "train_cells_final", "--until", "train_cells_final", log=work / "gpu.log")
@@ -191,9 +227,11 @@ def check_gpu_switch(work: Path, slurm: Path) -> None:
         raise Failed(f"the GPU-switch run submitted {len(jobs)} jobs, want 1 (train_cells_final)")
     job_id = jobs.pop()
     show = scontrol(job_id)
-    if "TresPerJob=gres:gpu:1" not in show or "JobState=COMPLETED" not in show:
+    gpus = re.search(r"TresPerJob=(gres[:/]gpu[:=]1)\b", show)
+    if gpus is None or "JobState=COMPLETED" not in show:
         raise Failed(f"job {job_id} with the GPU switch on: {show}")
-    say(f"GPU switch on: job {job_id} (train_cells_final) got TresPerJob=gres:gpu:1 and completed")
+    say(f"GPU switch on: job {job_id} (train_cells_final) got TresPerJob={gpus.group(1)} and "
+        "completed")
 
 
 def check_resumed(work: Path) -> None:
@@ -229,6 +267,11 @@ def main() -> int:
     try:
         if subprocess.run([str(CLUSTER), "up"]).returncode != 0:
             raise Failed("the cluster did not come up")
+        node_mb = int(subprocess.run(["sinfo", "-h", "-o", "%m"], capture_output=True, text=True,
+                                     check=True).stdout.split()[0].rstrip("+"))
+        if node_mb < MIN_NODE_MEMORY_MB:
+            raise Failed(f"the node has {node_mb} MB for jobs; this check needs "
+                         f"{MIN_NODE_MEMORY_MB} MB (a retried training job asks for twice 8000)")
         t0 = time.monotonic()
         text = finish(snakemake(local, "--cores", "2", log=work / "local.log"),
                       work / "local.log", "local run")
@@ -254,6 +297,8 @@ def main() -> int:
         say(f"runs kept in {work}; cluster logs in {SLURM_LOGS}/log")
         return 1
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this short
+        stop_children()
         subprocess.run([str(CLUSTER), "down"])
     if not args.keep and args.work is None:
         shutil.rmtree(work, ignore_errors=True)

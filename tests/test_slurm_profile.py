@@ -19,12 +19,6 @@ REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "configs" / "profiles" / "slurm"
 TRAINING = {"train_cells", "train_cells_final", "certify_cells", "train_repertoires",
             "train_repertoires_final"}
-TINY = {"experiments": {"tiny": {
-    "task": "cells", "simulate": {"n_patients": 4, "cells_per_patient": 40, "n_genes": 100},
-    "keys": {"cell_type": "cell_type", "cell_state": "cell_state", "patient": "patient"},
-    "folds": 2}}}
-
-
 def profile(text: str | None = None) -> dict:
     return yaml.safe_load(text if text is not None else (PROFILE / "config.yaml").read_text())
 
@@ -59,19 +53,23 @@ def test_profile_sets_memory_and_runtime_for_every_rule() -> None:
 
 def test_gpu_switch_is_one_line() -> None:
     text = (PROFILE / "config.yaml").read_text()
-    assert len(re.findall(r"^\s*gpu: &gpus 0\s*$", text, flags=re.M)) == 1
-    off, on = profile(), profile(text.replace("gpu: &gpus 0", "gpu: &gpus 1"))
+    switch = re.compile(r"^(\s*<<: &gpu) \{gpu: 0\}\s*$", flags=re.M)
+    assert len(switch.findall(text)) == 1
+    off = profile()
+    on = profile(switch.sub(r"\1 {gpu: 1, gpu_model: a100}", text))
     for rule, res in on["set-resources"].items():
-        want = 1 if rule in TRAINING else None
-        assert res.get("gpu") == want, rule
+        training = rule in TRAINING
+        assert res.get("gpu") == (1 if training else None), rule
+        assert res.get("gpu_model") == ("a100" if training else None), rule
         assert off["set-resources"][rule].get("gpu") in (0, None), rule
+        assert {k: v for k, v in res.items() if not k.startswith("gpu")} == {
+            k: v for k, v in off["set-resources"][rule].items() if not k.startswith("gpu")}
 
 
 @pytest.mark.slow
 def test_dry_run_through_the_profile(tmp_path: Path) -> None:
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    proc = snakemake(tmp_path, "-n", "--profile", str(PROFILE), "--configfile",
-                     str(tmp_path / "tiny.yaml"))
+    """`snakemake -n --profile configs/profiles/slurm` as a user types it: the demo config."""
+    proc = snakemake(tmp_path, "-n", "--profile", str(PROFILE))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert "Using profile" in out and "slurm" in out

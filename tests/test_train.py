@@ -238,8 +238,13 @@ def test_cell_classifier_ignores_checkpoint_of_other_settings(tmp_path: Path) ->
 def test_progress_bar_in_a_log_file_is_not_redrawn_every_epoch(capsys) -> None:
     """Under Snakemake or SLURM stderr is a log file: 40 epochs must not mean 40 redraws."""
     batches, loss, validate = _problem()
+
+    def slow_validate(net: nn.Module) -> float:
+        time.sleep(0.02)  # 40 epochs take > 0.8 s: tqdm's default 0.1 s interval would redraw
+        return validate(net)
+
     Trainer(max_epochs=40, patience=40, device="cpu", progress=True, desc="quiet").fit(
-        _net(), batches=batches, loss=loss, validate=validate)
+        _net(), batches=batches, loss=loss, validate=slow_validate)
     err = capsys.readouterr().err
     assert "quiet" in err  # the bar is shown
     assert err.count("quiet:") <= 3, err
