@@ -261,7 +261,13 @@ def main() -> int:
     ap.add_argument("--work", type=Path, help="folder for both runs (default: a new temp folder)")
     ap.add_argument("--keep", action="store_true", help="keep the runs' folders when all passes")
     args = ap.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    def interrupted(signum: int, _frame: object) -> None:
+        raise Failed(f"interrupted by {signal.Signals(signum).name}")
+
+    # Both are handled here (not ignored, even when started in the background), so the Snakemake
+    # children start with default handlers too and scancel their jobs on SIGINT.
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGINT, interrupted)
     work = (args.work or Path(tempfile.mkdtemp(prefix="biocls-slurm-ci-"))).resolve()
     local, slurm = work / "local", work / "slurm"
     try:
@@ -297,7 +303,8 @@ def main() -> int:
         say(f"runs kept in {work}; cluster logs in {SLURM_LOGS}/log")
         return 1
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this short
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second signal must not cut this short
+            signal.signal(sig, signal.SIG_IGN)
         stop_children()
         subprocess.run([str(CLUSTER), "down"])
     if not args.keep and args.work is None:
