@@ -189,8 +189,9 @@ def check_records(log: str, work: Path, victim: str) -> None:
         if rec.get("WorkDir") != str(work):
             problems.append(f"{what}: ran in {rec.get('WorkDir')}, not {work}")
     done = sorted(table[j]["comment"] for j in table if j != victim)
-    if len(set(done)) != len(done) or len(done) != dag_size(log):
-        problems.append(f"completed SLURM jobs {done} do not match the {dag_size(log)} jobs "
+    n_dag = dag_size(log)
+    if len(set(done)) != len(done) or len(done) != n_dag:
+        problems.append(f"completed SLURM jobs {done} do not match the {n_dag} jobs "
                         "of the DAG one to one")
     retry = [j for j in table if j != victim and table[j]["comment"] == VICTIM]
     if len(retry) != 1:

@@ -9,7 +9,6 @@ cases also run the real console script in a subprocess, and the config case runs
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from snakemake_run import run_snakemake
 
 from biocls.cli import main
 from biocls.simulate import simulate_cells
@@ -239,11 +239,7 @@ def test_snakemake_rejects_bad_config(case: str, tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump({"experiments": {"bad": block}}))
     work = tmp_path / "work"
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
-                                 f"{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "-s", str(REPO / "Snakefile"),
-                           "--directory", str(work), "--configfile", str(cfg), "--cores", "1"],
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = run_snakemake("-n", "--directory", str(work), "--configfile", str(cfg), "--cores", "1")
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if "config error" in ln]
@@ -268,11 +264,8 @@ def test_misspelt_config_does_not_silently_run_the_demo(tmp_path: Path) -> None:
     cfg.write_text(yaml.safe_dump({"experiment": {"mine": {"task": "cells",
                                                            "input": "data/mine.h5ad",
                                                            "keys": {"cell_type": "ct"}}}}))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}"
-                                 f"{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--cores", "1",
-                           "--configfile", str(cfg)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=120, env=env)
+    proc = run_snakemake("-n", "--cores", "1", "--configfile", str(cfg), snakefile=None,
+                         cwd=tmp_path)  # the copy's own Snakefile
     assert proc.returncode != 0, "a misspelt config ran the demo instead"
     line = _last_line(proc.stderr)
     assert "config error" in line and str(cfg) in line and "'experiments'" in line, line

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from snakemake_run import run_snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACES = ["biocls.data", "biocls.preprocess", "biocls.simulate", "biocls.models",
@@ -139,11 +139,7 @@ def test_rule_declares_log_threads_resources(rule: str) -> None:
 
 
 def test_snakemake_lint_finds_no_missing_log() -> None:
-    env = {**os.environ,
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.run([sys.executable, "-m", "snakemake", "--lint", "-s",
-                           str(REPO / "Snakefile"), "--directory", str(REPO)],
-                          capture_output=True, text=True, timeout=120, env=env)
+    proc = run_snakemake("--lint", "--directory", str(REPO))
     text = proc.stdout + proc.stderr
     assert "Lints for rule" in text or proc.returncode == 0, text[-2000:]  # the linter ran
     assert "No log directive" not in text

@@ -6,14 +6,12 @@ Submitting for real needs a cluster: .ci/slurm_demo.py does that in CI.
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from snakemake_run import run_snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "configs" / "profiles" / "slurm"
@@ -23,15 +21,8 @@ def profile(text: str | None = None) -> dict:
     return yaml.safe_load(text if text is not None else (PROFILE / "config.yaml").read_text())
 
 
-def snakemake(work: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work),
-           *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
-
-
 def workflow_rules() -> set[str]:
-    proc = snakemake(REPO, "--list-rules")
+    proc = run_snakemake("-d", str(REPO), "--list-rules")
     assert proc.returncode == 0, proc.stderr[-2000:]
     return set(proc.stdout.split()) - {"all"}
 
@@ -69,7 +60,7 @@ def test_gpu_switch_is_one_line() -> None:
 @pytest.mark.slow
 def test_dry_run_through_the_profile(tmp_path: Path) -> None:
     """`snakemake -n --profile configs/profiles/slurm` as a user types it: the demo config."""
-    proc = snakemake(tmp_path, "-n", "--profile", str(PROFILE))
+    proc = run_snakemake("-d", str(tmp_path), "-n", "--profile", str(PROFILE))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout + proc.stderr
     assert "Using profile" in out and "slurm" in out

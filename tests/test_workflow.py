@@ -8,7 +8,6 @@ repertoire path needs OLGA and twice the jobs; tests/test_repertoire_pipeline.py
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from snakemake_run import run_snakemake, tool_env
 
 REPO = Path(__file__).resolve().parents[1]
 CHECK = REPO.parent / "shared" / "check_outputs.py"  # CI's checkout has ../shared beside the repo
@@ -36,16 +36,9 @@ CONFIG = {"experiments": {EXP: {
 }}}
 
 
-def _env() -> dict[str, str]:
-    """Rules call `biocls` from PATH: put this interpreter's bin first."""
-    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, "PATH": path, "OMP_NUM_THREADS": "1"}
-
-
 def snakemake(work: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
-           str(work), "--configfile", str(work / "tiny.yaml"), *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=_env())
+    return run_snakemake("--directory", str(work), "--configfile", str(work / "tiny.yaml"), *args,
+                         timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +101,7 @@ def test_predict_writes_the_obs_columns(run: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "biocls", "predict", "--model",
                            str(run / "results" / EXP / "model"), "--input", str(src),
                            "--output", str(out)], capture_output=True, text=True, timeout=120,
-                          env=_env())
+                          env=tool_env())
     assert proc.returncode == 0, proc.stderr[-2000:]
     before, after = ad.read_h5ad(src), ad.read_h5ad(out)
     assert after.n_obs == before.n_obs and list(after.obs_names) == list(before.obs_names)
