@@ -62,7 +62,7 @@ def stage_train(args: argparse.Namespace) -> dict:
     import numpy as np
     import torch
 
-    from biocls.models import CellClassifier
+    from biocls.estimators import CellClassifier
 
     torch.set_num_threads(args.threads)
     X = np.load(args.work / "X.npy")

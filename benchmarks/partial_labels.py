@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from biocls.estimators import CellClassifier
 from biocls.evaluate import multilabel_metrics
-from biocls.models import CellClassifier
 from biocls.preprocess import CellPreprocessor
 from biocls.simulate import simulate_cells
 from biocls.splits import validation_patients

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from biocls.models import RepertoireClassifier, pack_bag
+from biocls.estimators import RepertoireClassifier
+from biocls.models import pack_bag
 
 AA = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
 
@@ -109,7 +110,7 @@ def main() -> int:
             folder / "big.tsv", sep="\t", index=False)
         del text, big, codes
         clf.net_ = net.cpu()
-        clf.save(Path(tmp) / "model", {"experiment": "throughput"})
+        clf.save(Path(tmp) / "model", meta={"experiment": "throughput"})
         out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads),
                               "--child", str(Path(tmp) / "model"), str(folder),
                               str(Path(tmp) / "p.tsv")], capture_output=True, text=True,

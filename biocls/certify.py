@@ -44,6 +44,8 @@ import numpy as np
 
 from biocls._errors import BioclsError
 from biocls._io import write_json
+from biocls.config import CellExperiment, Certify
+from biocls.evaluate import known_mask
 
 __all__ = ["certify", "confidence_term", "ratt_bound"]
 
@@ -79,57 +81,52 @@ def _check(k: int, m: int, n: int, delta: float) -> None:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
 
 
-def certify(spec: dict[str, Any], *, splits: Path, out: Path, threads: int | None = None) -> None:
+def certify(exp: CellExperiment, *, splits: Path, out: Path) -> None:
     """Train one RATT model and write ``certificate.json`` (per head: bound, test_error, ...).
 
     The unlabelled set is fold ``certify.fold`` (default 0) of ``splits.tsv``; the remaining
-    patients are split into fit and validation patients exactly as ``biocls train`` does.
-    Preprocessing is fitted on the fit patients, then (``certify.n_pcs``, default 50) projected
-    on their top principal components: on ~1000 genes the network memorises ~1000 random labels
-    within a few epochs, and the bound is vacuous (above 1). ``n_pcs: null`` certifies the
-    gene-level model instead. The encoder and head are the experiment's ``model`` settings.
+    patients are split into fit and validation patients exactly as ``biocls train`` does
+    (:func:`~biocls.splits.plan_fold`). Preprocessing is fitted on the fit patients, then
+    (``certify.n_pcs``, default 50) projected on their top principal components: on ~1000 genes
+    the network memorises ~1000 random labels within a few epochs, and the bound is vacuous
+    (above 1). ``n_pcs: null`` certifies the gene-level model instead. The encoder and head are
+    the experiment's ``model`` settings.
     """
-    from biocls.models import CellClassifier
-    from biocls.pipelines.cells import MODEL_KEYS, load_cells, state_label_names
     from biocls.preprocess import CellPreprocessor
-    from biocls.splits import check_no_leak, read_splits, validation_patients
+    from biocls.splits import check_no_leak, plan_fold, read_splits
+    from biocls.tasks.cells import PARTIAL_LOSS_KEYS, CellsTask, classifier
 
-    if spec.get("task") != "cells":
+    if exp.task != "cells":
         raise BioclsError("`certify` is for cell experiments", where="--spec",
                           fix="pass a `task: cells` experiment")
-    opts = spec.get("certify") or {}
-    delta = float(opts.get("delta", 0.05))
-    fold = int(opts.get("fold", 0))
-    if not 0 < delta < 1:
-        raise BioclsError(f"delta is {delta}", where="certify.delta", fix="use a value in (0, 1)")
-    seed = int(spec.get("seed", 0))
+    opts = exp.certify or Certify()
+    delta, fold, seed = opts.delta, opts.fold, exp.seed
     table = read_splits(str(splits))
     if fold not in set(table["fold"].astype(int)):
         raise BioclsError(f"fold {fold} is not in splits.tsv", where="certify.fold",
                           fix=f"use one of {sorted(set(table['fold'].astype(int)))}")
-    adata = load_cells(spec)
+    task = CellsTask()
+    adata = task.load(exp)
     obs = adata.obs
-    patient = obs["biocls_patient"].to_numpy()
+    plan = plan_fold(table, fold, task.patients(adata),
+                     validation_fraction=exp.validation_fraction, seed=seed, source=str(splits))
+    fit_p, val_p = list(plan.fit), list(plan.validation)
     held_p = sorted(table.loc[table["fold"].astype(int) == fold, "patient"].astype(str))
-    train_p = sorted(set(patient) - set(held_p))
-    val_p = validation_patients(train_p, fraction=float(spec.get("validation_fraction", 0.2)),
-                                seed=seed)
-    fit_p = sorted(set(train_p) - set(val_p))
     check_no_leak(fit_p + val_p, held_p, what="certify (training vs random-label patients)")
-    check_no_leak(fit_p, val_p, what="certify (fit vs validation)")
-    fit_m, val_m, held_m = (np.isin(patient, p) for p in (fit_p, val_p, held_p))
+    fit_m, val_m, held_m = plan.masks(task.patients(adata))
     if not held_m.any():
         raise BioclsError(f"fold {fold} has no cells", where=str(splits), fix="pick another fold")
 
-    pre = CellPreprocessor(nmads=None, **{k: v for k, v in spec.get("preprocess", {}).items()
-                                          if k in {"n_top_genes", "target_sum", "max_value"}})
+    pp = exp.preprocess
+    pre = CellPreprocessor(nmads=None, n_top_genes=pp.n_top_genes, target_sum=pp.target_sum,
+                           max_value=pp.max_value)
     pre.fit(adata[fit_m])
     X_fit, X_val, X_held = (pre.transform(adata[m]) for m in (fit_m, val_m, held_m))
-    n_pcs = opts.get("n_pcs", 50)
+    n_pcs = opts.n_pcs
     if n_pcs:
         X_fit, X_val, X_held = _project(X_fit, (X_fit, X_val, X_held), int(n_pcs), seed)
     o_fit, o_val, o_held = obs[fit_m], obs[val_m], obs[held_m]
-    multilabel = bool(state_label_names(spec))
+    multilabel = bool(exp.keys.state_labels)
     heads = ["cell_type"]
     if not multilabel and "biocls_cell_state" in obs and o_fit["biocls_cell_state"].notna().any():
         heads.append("cell_state")
@@ -139,16 +136,7 @@ def certify(spec: dict[str, Any], *, splits: Path, out: Path, threads: int | Non
     random = {h: np.asarray(vocab[h], dtype=object)[rng.integers(0, len(vocab[h]), len(X_held))]
               for h in heads}
 
-    params = {k: v for k, v in spec.get("model", {}).items() if k in MODEL_KEYS}
-    for k in ("partial_loss", "gamma_pos", "gamma_neg", "gamma_unann", "priors",
-              "prior_threshold", "likelihood_topk"):
-        params.pop(k, None)
-    if threads:
-        import torch
-
-        torch.set_num_threads(max(1, threads))
-    model = CellClassifier(head="factored", seed=seed, progress=bool(spec.get("progress", True)),
-                           **params)
+    model = classifier(exp, drop=PARTIAL_LOSS_KEYS)
     X = np.concatenate([X_fit, X_held])
     model.fit(X, np.concatenate([true_fit["cell_type"], random["cell_type"]]),
               np.concatenate([true_fit["cell_state"], random["cell_state"]])
@@ -164,9 +152,9 @@ def certify(spec: dict[str, Any], *, splits: Path, out: Path, threads: int | Non
         if k < 2:
             log.warning("certify: %s has %d class(es); no bound", h, k)
             continue
-        clean = _known(true_fit[h])
+        clean = known_mask(true_fit[h])
         truth = o_held[f"biocls_{h}"].to_numpy(dtype=object)
-        known_held = _known(truth)
+        known_held = known_mask(truth)
         n, m = int(clean.sum()), int(len(X_held))
         e_clean = float(np.mean(pred_fit[h][clean].astype(str) != true_fit[h][clean].astype(str)))
         e_rand = float(np.mean(pred_held[h].astype(str) != random[h].astype(str)))
@@ -181,7 +169,7 @@ def certify(spec: dict[str, Any], *, splits: Path, out: Path, threads: int | Non
                  "test error %.3f", h, bound, e_clean, e_rand, k, m, test)
     write_json(out, {
         "method": "RATT (Garg et al. 2021, arXiv:2105.00303)",
-        "experiment": spec.get("name"), "fold": fold, "heldout_patients": held_p,
+        "experiment": exp.name, "fold": fold, "heldout_patients": held_p,
         "fit_patients": fit_p, "validation_patients": val_p,
         "assumptions": "per-cell bound; new patients exchangeable with these; cells treated as "
                        "independent draws in the confidence term",
@@ -199,7 +187,3 @@ def _project(X_fit: np.ndarray, parts: tuple[np.ndarray, ...], n_pcs: int,
     return tuple(pca.transform(x).astype(np.float32) for x in parts)
 
 
-def _known(labels: np.ndarray) -> np.ndarray:
-    from biocls.evaluate import known_mask
-
-    return known_mask(labels)

@@ -17,6 +17,7 @@ from typing import Any
 
 from biocls import __version__
 from biocls._errors import BioclsError
+from biocls.config import Experiment
 
 log = logging.getLogger("biocls")
 
@@ -36,9 +37,15 @@ data paths (`input`, or `metadata` + `repertoires`) filled in. See README.md.
 """
 
 
-def load_spec(text: str) -> dict[str, Any]:
-    """Parse ``--spec``: inline JSON, or a path to a JSON/YAML file holding one experiment."""
+def load_spec(text: str) -> Experiment:
+    """Parse ``--spec`` (inline JSON, or a JSON/YAML file) into the typed experiment config.
+
+    A rule passes only the slice its step reads; missing keys take the defaults of
+    :mod:`biocls.config`, the same ones a full config gets.
+    """
     import yaml
+
+    from biocls.config import parse_experiment
 
     try:
         if text.lstrip().startswith("{"):
@@ -56,7 +63,7 @@ def load_spec(text: str) -> dict[str, Any]:
     if not isinstance(spec, dict) or spec.get("task") not in ("cells", "repertoires"):
         raise BioclsError("spec needs `task: cells` or `task: repertoires`", where="--spec",
                           fix="pass one experiment block of the config")
-    return spec
+    return parse_experiment(spec, source="--spec", partial=True)
 
 
 def _parse_params(text: str | None) -> dict[str, Any]:
@@ -72,16 +79,6 @@ def _parse_params(text: str | None) -> dict[str, Any]:
         raise BioclsError("--params must be a JSON object", where="--params",
                           fix="pass a JSON object, e.g. '{\"n_patients\": 12}'")
     return params
-
-
-def _pipeline(spec: dict[str, Any]) -> Any:
-    if spec["task"] == "cells":
-        from biocls.pipelines import cells
-
-        return cells
-    from biocls.pipelines import repertoires
-
-    return repertoires
 
 
 # -- verbs ---------------------------------------------------------------------------------------
@@ -113,54 +110,57 @@ def cmd_example(args: argparse.Namespace) -> None:
 
 
 def cmd_split(args: argparse.Namespace) -> None:
-    spec = load_spec(args.spec)
-    _pipeline(spec).split(spec, Path(args.out))
+    from biocls.tasks import get_task, split
+
+    exp = load_spec(args.spec)
+    split(get_task(exp.task), exp, Path(args.out))
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
-    spec = load_spec(args.spec)
-    if spec["task"] != "repertoires":
-        raise BioclsError("`encode` is for repertoire experiments", where="--spec",
-                          fix="cells need no encoding step")
-    _pipeline(spec).encode(spec, Path(args.out))
+    from biocls.tasks import get_task
 
-
-def _set_threads(n: int | None) -> None:
-    """Keep torch within the cores the scheduler gave this job (no oversubscription)."""
-    if n:
-        import torch
-
-        torch.set_num_threads(max(1, n))
+    exp = load_spec(args.spec)
+    task = get_task(exp.task)
+    if not hasattr(task, "encode"):
+        raise BioclsError(f"`encode` is not a step of task {exp.task!r}", where="--spec",
+                          fix="only repertoire experiments are encoded")
+    task.encode(exp, Path(args.out))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    spec = load_spec(args.spec)
-    _set_threads(args.threads)
-    pipe = _pipeline(spec)
-    ckpt = Path(args.checkpoints) if args.checkpoints else None
-    if spec["task"] == "cells":
-        pipe.train_fold(spec, splits=Path(args.splits), fold=args.fold, out_dir=Path(args.out),
-                        checkpoints=ckpt)
-    else:
-        if not args.store:
-            raise BioclsError("repertoire training needs --store", where="--store",
-                              fix="pass the store.h5 written by `biocls encode`")
-        pipe.train_fold(spec, store=Path(args.store), splits=Path(args.splits), fold=args.fold,
-                        out_dir=Path(args.out), checkpoints=ckpt)
+    from biocls.tasks import get_task, train
+    from biocls.train import set_threads
+
+    exp = load_spec(args.spec)
+    task = get_task(exp.task)
+    if task.encoded and not args.store:
+        raise BioclsError(f"{exp.task} training needs --store", where="--store",
+                          fix="pass the store.h5 written by `biocls encode`")
+    set_threads(args.threads or getattr(exp.model, "threads", None))
+    train(task, exp, splits=Path(args.splits), fold=args.fold,
+          out_dir=Path(args.out), store=Path(args.store) if args.store else None,
+          checkpoint_dir=Path(args.checkpoints) if args.checkpoints else None)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    spec = load_spec(args.spec)
-    extra = {"certificate": Path(args.certificate)} if args.certificate else {}
-    _pipeline(spec).evaluate(spec, splits=Path(args.splits), folds_dir=Path(args.folds_dir),
-                             out_dir=Path(args.out), **extra)
+    from biocls.tasks import evaluate, get_task
+
+    exp = load_spec(args.spec)
+    evaluate(get_task(exp.task), exp, splits=Path(args.splits), folds_dir=Path(args.folds_dir),
+             out_dir=Path(args.out),
+             certificate=Path(args.certificate) if args.certificate else None)
 
 
 def cmd_certify(args: argparse.Namespace) -> None:
     from biocls.certify import certify
+    from biocls.train import set_threads
 
-    spec = load_spec(args.spec)
-    certify(spec, splits=Path(args.splits), out=Path(args.out), threads=args.threads)
+    exp = load_spec(args.spec)
+    if exp.task != "cells":
+        raise BioclsError("`certify` is for cell experiments", where="--spec",
+                          fix="pass a `task: cells` experiment")
+    set_threads(args.threads)
+    certify(exp, splits=Path(args.splits), out=Path(args.out))
     log.info("wrote %s", args.out)
 
 
@@ -173,21 +173,22 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
-    model = Path(args.model)
-    meta_path = model / "model.json"
-    if not meta_path.exists():
-        raise BioclsError("not a biocls model folder (no model.json)", where=str(model),
-                          fix="point --model at results/<experiment>/model")
-    kind = json.loads(meta_path.read_text()).get("kind")
-    if kind == "CellClassifier":
-        from biocls.pipelines import cells
+    from biocls.tasks import task_of_model
 
-        cells.predict(model, Path(args.input), Path(args.output))
-    else:
-        from biocls.pipelines import repertoires
-
-        repertoires.predict(model, Path(args.input), Path(args.output))
+    task_of_model(Path(args.model)).predict_file(Path(args.model), Path(args.input),
+                                                 Path(args.output))
     log.info("wrote %s", args.output)
+
+
+def cmd_config_schema(args: argparse.Namespace) -> None:
+    from biocls._io import write_text
+    from biocls.config import schema_yaml
+
+    if args.out:
+        write_text(args.out, schema_yaml())
+        log.info("wrote %s", args.out)
+    else:
+        sys.stdout.write(schema_yaml())
 
 
 # -- parser --------------------------------------------------------------------------------------
@@ -260,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="results/<experiment>/model")
     s.add_argument("--input", required=True)
     s.add_argument("--output", required=True, help=".h5ad for cells, .tsv for repertoires")
+    s = verb("config-schema", cmd_config_schema,
+             "print (or write) the config's JSON schema, generated from biocls/config.py")
+    s.add_argument("--out", help="file to write (default: standard output)")
     return p
 
 

@@ -7,7 +7,8 @@ No patient is ever on both sides of a split: :func:`patient_folds` builds the fo
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -15,8 +16,8 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from biocls._errors import BioclsError
 
-__all__ = ["assign_pseudo_patients", "check_no_leak", "patient_folds", "read_splits",
-           "validation_patients"]
+__all__ = ["FoldPlan", "assign_pseudo_patients", "check_no_leak", "patient_folds", "plan_fold",
+           "read_splits", "validation_patients"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,68 @@ def check_no_leak(train_patients: Sequence[str], test_patients: Sequence[str], *
         raise RuntimeError(
             f"patient leakage in {what}: {len(both)} patient(s) on both sides "
             f"({', '.join(both[:5])}{'…' if len(both) > 5 else ''})")
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """Which patients a fold fits on, early-stops on and tests on (disjoint, checked)."""
+
+    fold: str
+    fit: tuple[str, ...]
+    validation: tuple[str, ...]
+    test: tuple[str, ...]
+
+    @property
+    def final(self) -> bool:
+        """The final model: every patient trains, none is tested."""
+        return self.fold == "final"
+
+    def masks(self, patients: Sequence[str] | np.ndarray) -> tuple[np.ndarray, ...]:
+        """Per-item boolean masks ``(fit, validation, test)`` for items of ``patients``."""
+        p = np.asarray(patients).astype(str)
+        return tuple(np.isin(p, list(s)) for s in (self.fit, self.validation, self.test))
+
+    def as_dict(self) -> dict[str, object]:
+        return {"fold": self.fold, "fit_patients": list(self.fit),
+                "validation_patients": list(self.validation), "test_patients": list(self.test)}
+
+
+def plan_fold(fold_of: Mapping[str, int] | pd.DataFrame, fold: str | int,
+              patients: Sequence[str] | np.ndarray, *, validation_fraction: float,
+              seed: int = 0, source: str = "splits.tsv") -> FoldPlan:
+    """The one place a fold's fit, validation and test patients are chosen, for every task.
+
+    ``fold_of`` maps patient → fold (or is ``splits.tsv``); ``patients`` are the patients present
+    in the data. ``fold="final"`` tests nobody. Validation patients are whole training patients
+    (:func:`validation_patients`); every pair of sets is checked for leakage.
+    """
+    if isinstance(fold_of, pd.DataFrame):
+        fold_of = dict(zip(fold_of["patient"].astype(str), fold_of["fold"].astype(int),
+                           strict=True))
+    present = sorted(set(np.asarray(patients).astype(str)))
+    unknown = [p for p in present if p not in fold_of]
+    if unknown:
+        raise BioclsError(f"patients {unknown[:3]} are not in the splits", where=source,
+                          fix="re-run `biocls split` (delete the file) after changing the input")
+    fold = str(fold)
+    if fold == "final":
+        test: list[str] = []
+    else:
+        try:
+            k = int(fold)
+        except ValueError:
+            raise BioclsError(f"fold {fold!r} is neither a number nor 'final'", where="--fold",
+                              fix="pass 0..K-1 or final") from None
+        if k not in set(fold_of.values()):
+            raise BioclsError(f"fold {k} is not in the splits", where=source,
+                              fix=f"use one of {sorted(set(fold_of.values()))}")
+        test = sorted(p for p in present if fold_of[p] == k)
+    train = sorted(set(present) - set(test))
+    val = validation_patients(train, fraction=validation_fraction, seed=seed)
+    fit = sorted(set(train) - set(val))
+    check_no_leak(train, test, what=f"fold {fold} (train vs test)")
+    check_no_leak(fit, val, what=f"fold {fold} (fit vs validation)")
+    return FoldPlan(fold, tuple(fit), tuple(val), tuple(test))
 
 
 def assign_pseudo_patients(n_items: int, n_groups: int, *, seed: int = 0) -> np.ndarray:

@@ -24,7 +24,8 @@ from torch import nn
 from biocls._io import atomic_path
 from biocls._progress import progress_bar
 
-__all__ = ["TrainHistory", "Trainer", "resolve_device", "run_signature", "seed_everything"]
+__all__ = ["TrainHistory", "Trainer", "resolve_device", "run_signature", "seed_everything",
+           "set_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def set_threads(n: int | None) -> None:
+    """Keep torch within the cores the scheduler gave this job (no oversubscription)."""
+    if n:
+        torch.set_num_threads(max(1, int(n)))
 
 
 def seed_everything(seed: int) -> None:

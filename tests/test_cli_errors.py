@@ -226,6 +226,7 @@ BAD_CONFIGS = {
     "unknown encoder": ({"model": {"encoder": "transformer"}}, "experiments.bad.model.encoder"),
     "input not .h5ad": ({"input": "data/x.csv"}, "experiments.bad.input"),
     "dropout out of range": ({"model": {"dropout": 1.5}}, "experiments.bad.model.dropout"),
+    "unknown key": ({"fold": 3}, "experiments.bad.fold"),
 }
 
 
@@ -247,6 +248,8 @@ def test_snakemake_rejects_bad_config(case: str, tmp_path: Path) -> None:
     line = errors[0]
     assert line == _last_line(proc.stderr)
     assert str(cfg) in line and field in line and "fix:" in line, line
+    if case == "unknown key":
+        assert "did you mean `folds`?" in line, line
     assert not (work / "results").exists() and not (work / "resources").exists()
 
 
@@ -268,6 +271,6 @@ def test_misspelt_config_does_not_silently_run_the_demo(tmp_path: Path) -> None:
                          cwd=tmp_path)  # the copy's own Snakefile
     assert proc.returncode != 0, "a misspelt config ran the demo instead"
     line = _last_line(proc.stderr)
-    assert "config error" in line and str(cfg) in line and "'experiments'" in line, line
+    assert "config error" in line and str(cfg) in line and "`experiments`" in line, line
     assert "fix:" in line and "demo" not in proc.stdout
     assert not (tmp_path / "results").exists()

@@ -14,7 +14,7 @@ from snakemake_run import run_snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACES = ["biocls.data", "biocls.preprocess", "biocls.simulate", "biocls.models",
-              "biocls.report"]
+              "biocls.estimators", "biocls.report"]
 # scikit-learn's estimator contract: fit(X, y=None) keeps `y` positional so pipelines work
 SKLEARN_Y = {"fit", "fit_transform", "partial_fit"}
 

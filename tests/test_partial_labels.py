@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from biocls.cli import main
+from biocls.estimators._cells import _multilabel_codes
 from biocls.evaluate import multilabel_metrics
-from biocls.models._cells import _multilabel_codes
 from biocls.simulate import simulate_cells
 
 STATES = ["activated", "damaged"]
@@ -116,28 +116,26 @@ def test_unknown_codes_and_metrics_use_annotated_entries_only() -> None:
     assert negative_view["per_class_ap"]["a"] < 1.0
 
 
-def test_schema_documents_state_labels_partial_loss_and_certify() -> None:
-    from pathlib import Path
-
+def test_config_takes_state_labels_partial_loss_and_certify() -> None:
     from biocls._errors import BioclsError
-    from biocls.config import validate_config
+    from biocls.config import load_config
 
-    schema = Path(__file__).resolve().parents[1] / "workflows" / "schemas" / "config.schema.yaml"
     block = {"task": "cells", "input": "x.h5ad",
              "keys": {"cell_type": "ct", "patient": "donor", "state_labels": STATES},
              "model": {"partial_loss": "negative", "priors": {"activated": 0.2}},
              "certify": {"delta": 0.1}}
-    out = validate_config({"experiments": {"e": block}}, schema)
-    model = out["experiments"]["e"]["model"]
-    assert model["partial_loss"] == "negative" and model["gamma_unann"] == 2.0
+    exp = load_config({"experiments": {"e": block}}).experiments["e"]
+    assert exp.model.partial_loss == "negative" and exp.model.gamma_unann == 2.0
+    assert exp.keys.state_labels == tuple(STATES) and exp.certify.delta == 0.1
     for bad in ({"model": {"partial_loss": "guess"}}, {"certify": {"delta": 1.5}},
-                {"keys": {"cell_type": "ct", "state_labels": []}}):
+                {"keys": {"cell_type": "ct", "state_labels": ["a", "a"]}},
+                {"model": {"priors": {"activated": 2.0}}}):
         with pytest.raises(BioclsError):
-            validate_config({"experiments": {"e": {**block, **bad}}}, schema)
+            load_config({"experiments": {"e": {**block, **bad}}})
 
 
 def test_classifier_priors_supplied_or_estimated() -> None:
-    from biocls.models import CellClassifier
+    from biocls.estimators import CellClassifier
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(120, 8)).astype(np.float32)

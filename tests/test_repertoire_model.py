@@ -7,16 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from biocls.estimators import RepertoireClassifier
 from biocls.models import (
     AttentionPooling,
     CDR3Encoder,
     PatternPooling,
-    RepertoireClassifier,
     RepertoireNet,
+    enriched_patterns,
     pack_bag,
     position_features,
+    seed_encoder,
 )
-from biocls.models._mil import enriched_patterns, seed_encoder
 
 POOLINGS = ["attention", "patterns"]
 
@@ -164,6 +165,55 @@ def test_chunked_inference_equals_full_bag(pooling):
     prob, idx, w, s = clf.attend(bag, top_n=10)
     assert abs(prob - p) < 1e-9 and len(idx) == 10
     assert np.all(np.diff(s) <= 1e-6)  # ranked by score
+
+
+POOL_CONFIGS = [(AttentionPooling, {}), (PatternPooling, {"bag_pool": "mean"}),
+                (PatternPooling, {"bag_pool": "max"})]
+
+
+@pytest.mark.parametrize("pool_cls,kw", POOL_CONFIGS, ids=["attention", "patterns-mean",
+                                                           "patterns-max"])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_pool_chunked_equals_forward_on_the_whole_bag(pool_cls, kw, weighted):
+    """Each pooling's chunked full-bag path (chunk 7 < 50 instances) gives what its ordinary
+    forward gives on the whole bag: pooled vector, bag statistics, weights and scores."""
+    torch.manual_seed(0)
+    pool = pool_cls(12, **kw).eval()
+    if pool_cls is PatternPooling:
+        with torch.no_grad():  # every pooled value negative: a max that starts at 0 would show
+            pool.values.sub_(3.0)
+    x = torch.randn(50, 12) * 2
+    lw = torch.log(torch.randint(1, 9, (50,)).float()) if weighted else None
+    with torch.no_grad():
+        ref = pool(x[None], None, None if lw is None else lw[None])
+    got = pool.pool_chunked(x, lw, chunk=7)
+    for name in ("pooled", "stats", "weights", "scores"):
+        want = getattr(ref, name)[0]
+        assert getattr(got, name).shape == want.shape, name
+        assert torch.allclose(getattr(got, name), want, atol=1e-5), name
+    with pytest.raises(ValueError, match="chunk"):
+        pool.pool_chunked(x, lw, chunk=0)
+    with pytest.raises(ValueError, match=r"\[N, F\]"):
+        pool.pool_chunked(x[None], None, chunk=7)
+
+
+@pytest.mark.parametrize("pooling", POOLINGS)
+@pytest.mark.parametrize("use_counts", [False, True])
+def test_net_bag_logit_equals_pool_on_the_whole_bag(pooling, use_counts):
+    """RepertoireNet.bag_logit (chunked pooling + head) = pool() on the bag as one batch, for the
+    logit and for the per-instance weights and scores that ``attend`` ranks by."""
+    torch.manual_seed(0)
+    net = RepertoireNet(pooling=pooling, n_filters=8, n_patterns=5, use_counts=use_counts).eval()
+    codes, lens = random_codes(40)
+    counts = torch.randint(1, 6, (40,)).float()
+    with torch.no_grad():
+        h = net.embed(codes, lens)
+        logits, out = net.pool(h[None], None, counts[None])
+    logit, w, s = net.bag_logit(h, counts, chunk=6)
+    assert logit.shape == () and torch.allclose(logit, logits[0], atol=1e-5)
+    assert torch.allclose(w, out.weights[0], atol=1e-5)
+    assert torch.allclose(s, out.scores[0], atol=1e-5)
+    assert abs(float(w.sum()) - 1.0) < 1e-5
 
 
 def test_pack_bag_sorts_by_length_and_keeps_order():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -12,8 +14,16 @@ import pandas as pd
 import pytest
 
 from biocls import BioclsError
+from biocls.columns import read_predictions
+from biocls.evaluate import (
+    confusion_tables,
+    enriched_kmers,
+    enriched_kmers_by_repertoire,
+    patient_details,
+    roc_curve,
+    roc_points,
+)
 from biocls.report import _plots, page_names, render_reports
-from biocls.report._render import enriched_kmers, roc_curve
 
 EVIL = "<script>alert(1)</script>"
 AMP_LABEL = "B & plasma"
@@ -58,6 +68,7 @@ def _cells_results(root: Path, *, with_state: bool = True) -> Path:
             row[f"prob_cell_type:{lab}"] = 1 / 3
         rows.append(row)
     _write(d / "predictions.tsv", pd.DataFrame(rows))
+    pred = read_predictions(d / "predictions.tsv")  # as evaluate reads it
     head = {"macro_f1": 0.8123, "balanced_accuracy": 0.7891, "accuracy": 0.85}
     metrics = {
         "task": "cells",
@@ -74,7 +85,7 @@ def _cells_results(root: Path, *, with_state: bool = True) -> Path:
         "per_patient": {
             p: {
                 "fold": k % 2,
-                "n_cells": 11,
+                "n_cells": int((pred["patient"] == p).sum()),
                 "cell_type": {"macro_f1": 0.9, "accuracy": 0.91},
                 "cell_state": {"macro_f1": 0.55, "accuracy": 0.6},
             }
@@ -98,6 +109,9 @@ def _cells_results(root: Path, *, with_state: bool = True) -> Path:
     }
     if not with_state:
         del metrics["cell_state"], metrics["unseen_combinations"]
+    # the report's own numbers, computed as the pipeline's evaluate computes them
+    metrics["confusion"] = confusion_tables(pred)
+    metrics["patient_details"] = patient_details(pred)
     (d / "metrics.json").write_text(json.dumps(metrics))
     return d
 
@@ -173,6 +187,14 @@ def _repertoire_results(root: Path) -> Path:
         },
         "dropped_sequences": {"r0": {"invalid": 3, "empty": 1}},
     }
+    pred = read_predictions(d / "predictions.tsv")
+    metrics["roc_curve"] = {
+        "model": roc_points(pred["label"], pred["probability"]),
+        "kmer_logreg": roc_points(pred["label"], pred["kmer_probability"]),
+    }
+    attention = read_predictions(d / "attention.tsv", required=["repertoire_id"])
+    metrics["enriched_kmers"] = enriched_kmers_by_repertoire(attention)
+    metrics["n_patterns"] = 10
     (d / "metrics.json").write_text(json.dumps(metrics))
     return d
 
@@ -281,3 +303,83 @@ def test_roc_and_kmers() -> None:
     background = Counter({"AAA": 1, "GGG": 10, "CCC": 50})
     top = enriched_kmers(["AAAA"], background)
     assert top[0]["kmer"] == "AAA" and top[0]["n"] == 2 and top[0]["log2_ratio"] > 0
+
+
+def _record(monkeypatch: pytest.MonkeyPatch, name: str) -> list[tuple]:
+    """Replace one plot function by a recorder of its arguments (the page still renders)."""
+    calls: list[tuple] = []
+    real = getattr(_plots, name)
+
+    def record(*args: object, **kwargs: object) -> str:
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_plots, name, record)
+    return calls
+
+
+def test_cell_pages_show_the_numbers_of_metrics_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Numbers that disagree with predictions.tsv on purpose: the page must show metrics.json's."""
+    results = _cells_results(tmp_path)
+    m = json.loads((results / "metrics.json").read_text())
+    m["confusion"]["cell_type"]["factored"] = {"labels": ["Q", "R"], "counts": [[41, 2], [3, 57]]}
+    d = m["patient_details"]["P1"]
+    d["top_errors"]["cell_type"] = [{"true": "Q", "pred": "R", "n": 977}]
+    d["per_type"] = [{"type": "Q", "n": 613, "type_acc": 0.4321, "state_acc": 0.875}]
+    d["state_view"]["rows"] = [
+        {"label": "zz", "annotated": 808, "agree": 0.25, "predicted": 809, "filled": 810}
+    ]
+    d["composition"] = {"types": ["Q"], "annotated_states": ["s"], "predicted_states": ["s"],
+                        "annotated": [[5]], "predicted": [[6]]}
+    d["confidence"] = {"cell_type": {"bins": [0.0, 0.5, 1.0], "correct": [1, 7], "wrong": [4, 0]}}
+    (results / "metrics.json").write_text(json.dumps(m))
+    confusion = _record(monkeypatch, "confusion_matrix")
+    composition = _record(monkeypatch, "composition")
+    confidence = _record(monkeypatch, "confidence_histograms")
+    render_reports(results)
+    assert confusion[0][1] == ["Q", "R"]
+    assert np.asarray(confusion[0][0]).tolist() == [[41, 2], [3, 57]]
+    page = (results / "reports" / "patients" / "P1.html").read_text()
+    for shown in ("<td>Q</td><td>R</td><td class=\"num\">977</td>", ">613<", "43.2%", "87.5%",
+                  ">808<", "25.0%", ">809<", ">810<"):
+        assert shown in page, shown
+    assert [np.asarray(a).tolist() for a in composition[0][:2]] == [[[5]], [[6]]]
+    assert confidence[0][0] == [("cell type", [0.0, 0.5, 1.0], [1, 7], [4, 0])]
+
+
+def test_multilabel_state_page(tmp_path: Path) -> None:
+    """Multi-label states: the summary from metrics.json, the cell list from predictions.tsv."""
+    d = tmp_path / "ml"
+    d.mkdir()
+    _write(d / "splits.tsv", pd.DataFrame({"patient": ["P1"], "fold": [0]}))
+    pred = pd.DataFrame({
+        "cell_id": ["c0", "c1", "c2"], "patient": "P1", "fold": 0,
+        "true_cell_type": ["T", "T", "NK"], "pred_cell_type": ["T", "NK", "NK"],
+        "cell_type_confidence": [0.9, 0.6, 0.8],
+        "true_state:act": [1.0, np.nan, 0.0], "pred_state:act": [1, 1, 1],
+        "prob_state:act": [0.91, 0.77, 0.66], "logreg_prob_state:act": [0.5, 0.5, 0.5],
+    })
+    _write(d / "predictions.tsv", pred)
+    frame = read_predictions(d / "predictions.tsv")
+    metrics = {"task": "cells", "n_patients": 1, "n_cells": 3, "folds": 1,
+               "state_labels": ["act"], "per_patient": {"P1": {"fold": 0, "n_cells": 3}},
+               "confusion": confusion_tables(frame), "patient_details": patient_details(frame)}
+    (d / "metrics.json").write_text(json.dumps(metrics))
+    render_reports(d)
+    page = (d / "reports" / "patients" / "P1.html").read_text()
+    assert "State labels: annotated and predicted" in page
+    row = metrics["patient_details"]["P1"]["state_view"]["rows"][0]
+    assert (row["present"], row["absent"], row["unknown"], row["agree"]) == (1, 1, 1, 0.5)
+    assert "50.0%" in page and page.count('class="filled"') == 1
+    assert "? → <em>+</em> (0.77)" in page and page.index("c1") < page.index("c0")
+
+
+def test_renderer_does_not_compute() -> None:
+    """Importing the report package loads no metric library: the numbers come from evaluate."""
+    code = "import sys, biocls.report; print(sorted(m for m in sys.modules if m.startswith(" \
+           "('sklearn', 'biocls.evaluate'))))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert proc.stdout.strip() == "[]"

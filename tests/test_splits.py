@@ -203,7 +203,7 @@ def test_everything_learned_sees_only_fit_patients(tiny: dict, tmp_path: Path,
     """Record what each learner actually receives in train_fold: gene selection and scaling,
     the factored/joint models and the logistic-regression baseline must see fit-patient cells
     only (validation cells only for early stopping), never the held-out fold."""
-    from biocls.models import CellClassifier
+    from biocls.estimators import CellClassifier
     from biocls.pipelines import cells
     from biocls.preprocess import CellPreprocessor
 

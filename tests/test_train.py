@@ -215,23 +215,23 @@ def test_checkpoint_of_another_configuration_is_ignored(tmp_path: Path) -> None:
 
 def test_cell_classifier_ignores_checkpoint_of_other_settings(tmp_path: Path) -> None:
     """A different network shape would not even load: the signature must keep it out."""
-    from biocls.models import CellClassifier
+    from biocls.estimators import CellClassifier
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(60, 12)).astype(np.float32)
     t = np.array(["a", "b", "c"])[rng.integers(0, 3, 60)]
     s = np.array(["x", "y"])[rng.integers(0, 2, 60)]
-    kw = {"max_epochs": 3, "patience": 3, "batch_size": 16, "progress": False, "device": "cpu",
-          "checkpoint_dir": tmp_path}
-    first = CellClassifier(hidden=[8], **kw).fit(X, t, s)
+    kw = {"max_epochs": 3, "patience": 3, "batch_size": 16, "progress": False, "device": "cpu"}
+    first = CellClassifier(hidden=[8], **kw).fit(X, t, s, checkpoint_dir=tmp_path)
     assert first.history_.resumed_from == 0
-    again = CellClassifier(hidden=[8], **kw).fit(X, t, s)
+    again = CellClassifier(hidden=[8], **kw).fit(X, t, s, checkpoint_dir=tmp_path)
     assert again.history_.resumed_from == 3
     for k, v in first.predict_proba(X).items():
         np.testing.assert_array_equal(v, again.predict_proba(X)[k])
-    other = CellClassifier(hidden=[4], **kw).fit(X, t, s)
+    other = CellClassifier(hidden=[4], **kw).fit(X, t, s, checkpoint_dir=tmp_path)
     assert other.history_.resumed_from == 0
-    other_data = CellClassifier(hidden=[4], **kw).fit(X[::-1].copy(), t[::-1], s[::-1])
+    other_data = CellClassifier(hidden=[4], **kw).fit(X[::-1].copy(), t[::-1], s[::-1],
+                                                      checkpoint_dir=tmp_path)
     assert other_data.history_.resumed_from == 0
 
 

@@ -8,7 +8,7 @@ from biocls.data._airr import (
     read_repertoire,
     read_repertoire_metadata,
 )
-from biocls.data._anndata import check_values, read_cells
+from biocls.data._anndata import check_values, read_cells, validate_cells
 from biocls.data._examples import example_dataset
 
 __all__ = [
@@ -21,4 +21,5 @@ __all__ = [
     "read_cells",
     "read_repertoire",
     "read_repertoire_metadata",
+    "validate_cells",
 ]

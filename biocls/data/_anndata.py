@@ -12,7 +12,7 @@ import scipy.sparse as sp
 
 from biocls._errors import BioclsError
 
-__all__ = ["check_values", "read_cells"]
+__all__ = ["check_values", "read_cells", "validate_cells"]
 
 REQUIRED_KEYS = ("cell_type", "patient")
 
@@ -38,6 +38,20 @@ def read_cells(path: str | Path, *, keys: Mapping[str, str | None], backed: bool
     except Exception as e:  # h5py/anndata raise many types for a non-h5ad file
         raise BioclsError(f"not a readable .h5ad ({type(e).__name__}: {e})".split("\n")[0],
                           where=str(path), fix="write it with anndata's write_h5ad") from None
+    return validate_cells(adata, keys=keys, pseudo_patients=pseudo_patients, seed=seed,
+                          source=str(path), check_x=not backed)
+
+
+def validate_cells(adata: ad.AnnData, *, keys: Mapping[str, str | None],
+                   pseudo_patients: int | None = None, seed: int = 0, source: str = "adata",
+                   check_x: bool = True) -> ad.AnnData:
+    """Check the ``obs`` columns named by ``keys`` and add biocls's canonical ones, in place.
+
+    Writes ``obs["biocls_cell_type"]``, ``obs["biocls_patient"]`` and (with ``keys.cell_state``)
+    ``obs["biocls_cell_state"]``; the file reader and the in-memory API share it, so a notebook
+    and the workflow see the same cells.
+    """
+    path = source
     if adata.n_obs == 0 or adata.n_vars == 0:
         raise BioclsError(f"X has {adata.n_obs} cells and {adata.n_vars} genes",
                           where=f"{path}: X",
@@ -49,18 +63,18 @@ def read_cells(path: str | Path, *, keys: Mapping[str, str | None], backed: bool
             continue
         if not col:
             raise BioclsError(f"no obs column configured for '{role}'", where=f"keys.{role}",
-                              fix=f"set keys.{role} to a column of {path.name}")
+                              fix=f"set keys.{role} to a column of {path}")
     for role, col in keys.items():
         if col is None or (pseudo_patients and role == "patient"):
             continue
         if col not in obs.columns:
             have = ", ".join(map(str, list(obs.columns)[:12]))
             raise BioclsError(f"obs has no column '{col}' (keys.{role}); it has: {have}",
-                              where=str(path), fix=f"set keys.{role} to one of those columns")
+                              where=path, fix=f"set keys.{role} to one of those columns")
         if role in REQUIRED_KEYS and obs[col].isna().any():
             n = int(obs[col].isna().sum())
             raise BioclsError(f"obs column '{col}' (keys.{role}) is empty for {n} cells",
-                              where=str(path), fix="fill or drop those cells")
+                              where=path, fix="fill or drop those cells")
     if not adata.obs_names.is_unique:
         adata.obs_names_make_unique()
     out = pd.DataFrame(index=adata.obs_names)
@@ -79,9 +93,10 @@ def read_cells(path: str | Path, *, keys: Mapping[str, str | None], backed: bool
             lambda v: None if v is None else str(v))
     for c in out.columns:
         adata.obs[c] = out[c].values
-    if not backed:
+    if check_x:
         check_values(adata.X, where=f"{path}: X")
     return adata
+
 
 
 def check_values(X: np.ndarray | sp.spmatrix, *, where: str) -> None:

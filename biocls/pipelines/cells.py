@@ -15,11 +15,18 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 
+from biocls import columns as C
 from biocls._errors import BioclsError
 from biocls._io import atomic_path, write_json, write_tsv
 from biocls.data import check_values, read_cells
-from biocls.evaluate import classification_metrics, known_mask, multilabel_metrics
-from biocls.models import CellClassifier
+from biocls.estimators import CellClassifier
+from biocls.evaluate import (
+    classification_metrics,
+    confusion_tables,
+    known_mask,
+    multilabel_metrics,
+    patient_details,
+)
 from biocls.splits import check_no_leak, patient_folds, read_splits, validation_patients
 
 __all__ = ["evaluate", "load_cells", "predict", "split", "train_fold"]
@@ -178,10 +185,11 @@ def train_fold(spec: dict[str, Any], *, splits: Path, fold: str, out_dir: Path,
 
     def fit_model(head: str) -> CellClassifier:
         model = CellClassifier(head=head, seed=seed, progress=bool(spec.get("progress", True)),
-                               checkpoint_dir=ckpt / head if ckpt else None, **params)
+                               **params)
         return model.fit(X_fit, labels(o_fit, "cell_type"), labels(o_fit, "cell_state"),
                          X_val=X_val, cell_type_val=labels(o_val, "cell_type"),
-                         cell_state_val=labels(o_val, "cell_state"))
+                         cell_state_val=labels(o_val, "cell_state"),
+                         checkpoint_dir=ckpt / head if ckpt else None)
 
     factored = fit_model("factored")
     info = {"fold": fold, "fit_patients": fit_p, "validation_patients": val_p,
@@ -189,7 +197,7 @@ def train_fold(spec: dict[str, Any], *, splits: Path, fold: str, out_dir: Path,
             "history": factored.history_.as_dict()}
     if final:
         with atomic_path(out_dir) as tmp:
-            factored.save(tmp, extra={"spec_name": spec.get("name"), "keys": spec["keys"]})
+            factored.save(tmp, meta={"spec_name": spec.get("name"), "keys": spec["keys"]})
             pre.save(tmp / "preprocess")
             write_json(tmp / "train_info.json", info)
         return
@@ -279,7 +287,10 @@ def evaluate(spec: dict[str, Any], *, splits: Path, folds_dir: Path, out_dir: Pa
     """Gather out-of-fold predictions into ``predictions.tsv`` and ``metrics.json``.
 
     With ``certificate`` (the JSON written by ``biocls certify``) its per-head bounds go into
-    ``metrics.json["certificate"]``.
+    ``metrics.json["certificate"]``. Besides the metrics of DESIGN §4b, ``metrics.json`` holds
+    every number the report shows, so that the renderer only renders: ``confusion``
+    (:func:`~biocls.evaluate.confusion_tables`) and ``patient_details``
+    (:func:`~biocls.evaluate.patient_details`).
     """
     table = read_splits(str(splits))
     n_folds = int(table["fold"].max()) + 1
@@ -288,40 +299,43 @@ def evaluate(spec: dict[str, Any], *, splits: Path, folds_dir: Path, out_dir: Pa
         f = folds_dir / str(k) / "predictions.tsv"
         if not f.exists():
             raise BioclsError("missing fold predictions", where=str(f), fix="run `biocls train`")
-        parts.append(pd.read_csv(f, sep="\t", dtype={"patient": str, "cell_id": str},
-                                 keep_default_na=False, na_values=[""]))
+        parts.append(C.read_predictions(f, required=(C.PATIENT, C.FOLD)))
     pred = pd.concat(parts, ignore_index=True)
-    if pred.groupby("patient")["fold"].nunique().max() > 1:
+    if pred.groupby(C.PATIENT)[C.FOLD].nunique().max() > 1:
         raise RuntimeError("a patient has out-of-fold predictions from two folds")
-    heads = [h for h in HEADS if f"true_{h}" in pred]
+    heads = [h for h in C.HEADS if C.true_col(h) in pred]
     metrics: dict[str, Any] = {"task": "cells", "experiment": spec.get("name"),
-                               "n_patients": int(pred["patient"].nunique()),
+                               "n_patients": int(pred[C.PATIENT].nunique()),
                                "n_cells": int(len(pred)), "folds": n_folds,
                                "baselines": {"joint": {}, "logreg": {}}}
     for h in heads:
-        metrics[h] = classification_metrics(pred[f"true_{h}"], pred[f"pred_{h}"])
+        true = pred[C.true_col(h)]
+        metrics[h] = classification_metrics(true, pred[C.pred_col(h)])
         for base in ("joint", "logreg"):
-            col = f"{base}_pred_{h}"
+            col = C.pred_col(h, base)
             if col in pred:
-                metrics["baselines"][base][h] = classification_metrics(pred[f"true_{h}"], pred[col])
-        metrics[h]["by_fold"] = [classification_metrics(g[f"true_{h}"], g[f"pred_{h}"])["macro_f1"]
-                                 for _, g in pred.groupby("fold")]
-    state_names = [c.split(":", 1)[1] for c in pred.columns if c.startswith("true_state:")]
+                metrics["baselines"][base][h] = classification_metrics(true, pred[col])
+        metrics[h]["by_fold"] = [
+            classification_metrics(g[C.true_col(h)], g[C.pred_col(h)])["macro_f1"]
+            for _, g in pred.groupby(C.FOLD)]
+    state_names = C.state_labels(pred.columns)
     if state_names:
         metrics["state_labels"] = state_names
-        metrics["cell_state"] = _multilabel_metrics(pred, state_names, "prob_state:")
+        metrics["cell_state"] = _multilabel_metrics(pred, state_names, "factored")
         metrics["baselines"]["logreg"]["cell_state"] = _multilabel_metrics(
-            pred, state_names, "logreg_prob_state:")
+            pred, state_names, "logreg")
     per_patient: dict[str, Any] = {}
-    for p, g in pred.groupby("patient"):
-        entry: dict[str, Any] = {"fold": int(g["fold"].iloc[0]), "n_cells": int(len(g))}
+    for p, g in pred.groupby(C.PATIENT):
+        entry: dict[str, Any] = {"fold": int(g[C.FOLD].iloc[0]), "n_cells": int(len(g))}
         for h in heads:
-            entry[h] = classification_metrics(g[f"true_{h}"], g[f"pred_{h}"])
+            entry[h] = classification_metrics(g[C.true_col(h)], g[C.pred_col(h)])
         if state_names:
-            entry["cell_state"] = _multilabel_metrics(g, state_names, "prob_state:")
+            entry["cell_state"] = _multilabel_metrics(g, state_names, "factored")
         per_patient[str(p)] = entry
     metrics["per_patient"] = per_patient
     metrics["unseen_combinations"] = _unseen_report(pred, spec)
+    metrics["confusion"] = confusion_tables(pred)
+    metrics["patient_details"] = patient_details(pred)
     info = _read_json(folds_dir / "0" / "fold_info.json")  # every fold preprocesses alike
     if info:
         metrics["preprocess"] = info.get("preprocess", {})
@@ -335,9 +349,9 @@ def evaluate(spec: dict[str, Any], *, splits: Path, folds_dir: Path, out_dir: Pa
     write_json(out_dir / "metrics.json", metrics)
 
 
-def _multilabel_metrics(pred: pd.DataFrame, names: list[str], prefix: str) -> dict[str, Any]:
-    true = pred[[f"true_state:{n}" for n in names]].to_numpy(dtype=float)
-    score = pred[[f"{prefix}{n}" for n in names]].to_numpy(dtype=float)
+def _multilabel_metrics(pred: pd.DataFrame, names: list[str], model: str) -> dict[str, Any]:
+    true = pred[[C.true_state_col(n) for n in names]].to_numpy(dtype=float)
+    score = pred[[C.prob_state_col(n, model) for n in names]].to_numpy(dtype=float)
     return multilabel_metrics(true, score, names=names)
 
 
@@ -358,18 +372,17 @@ def _read_certificate(path: Path) -> dict[str, Any]:
 
 def _unseen_report(pred: pd.DataFrame, spec: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
-    if "true_cell_state" not in pred:
+    if C.true_col(C.CELL_STATE) not in pred:
         return rows
     for t, s in spec.get("unseen_combinations", []) or []:
-        m = (pred["true_cell_type"].astype(str) == str(t)) & \
-            (pred["true_cell_state"].astype(str) == str(s))
+        m = (pred[C.true_col(C.CELL_TYPE)].astype(str) == str(t)) & \
+            (pred[C.true_col(C.CELL_STATE)].astype(str) == str(s))
         g = pred[m]
         row: dict[str, Any] = {"cell_type": str(t), "cell_state": str(s), "n_cells": int(m.sum())}
-        for name, prefix in (("factored", "pred_"), ("joint", "joint_pred_"),
-                             ("logreg", "logreg_pred_")):
-            if len(g) and f"{prefix}cell_state" in g:
-                both = (g[f"{prefix}cell_type"].astype(str) == str(t)) & \
-                       (g[f"{prefix}cell_state"].astype(str) == str(s))
+        for name in C.MODELS:
+            if len(g) and C.pred_col(C.CELL_STATE, name) in g:
+                both = (g[C.pred_col(C.CELL_TYPE, name)].astype(str) == str(t)) & \
+                       (g[C.pred_col(C.CELL_STATE, name)].astype(str) == str(s))
                 row[f"{name}_both_correct"] = float(both.mean())
             else:
                 row[f"{name}_both_correct"] = float("nan")

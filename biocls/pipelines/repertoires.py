@@ -5,7 +5,7 @@ already resolved: ``metadata``, ``repertoires``) and writes its artefact atomica
 Snakemake rules call these and nothing else.
 
 Spec keys read here, beyond DESIGN §4: ``positive_label`` (which label value is positive, when it
-cannot be inferred), ``model:`` (options of :class:`~biocls.models.RepertoireClassifier`, plus
+cannot be inferred), ``model:`` (options of :class:`~biocls.estimators.RepertoireClassifier`, plus
 ``top_n`` — attended sequences kept per repertoire — ``pattern_top_n`` and ``threads``) and
 ``baseline:`` (``kmers``, ``penalties``, ``Cs``, ``inner_folds`` of the k-mer logistic
 regression).
@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from biocls import columns as C
 from biocls._errors import BioclsError
 from biocls._io import write_json, write_tsv
 from biocls.data._airr import (
@@ -33,7 +34,9 @@ from biocls.data._airr import (
     positive_label,
     read_repertoire_metadata,
 )
-from biocls.models._mil import PackedBag, RepertoireClassifier, pack_bag
+from biocls.estimators import RepertoireClassifier
+from biocls.evaluate import enriched_kmers_by_repertoire, roc_points
+from biocls.models import PackedBag, pack_bag
 from biocls.preprocess._cdr3 import CDR3Store, build_cdr3_store
 from biocls.splits import check_no_leak, patient_folds, read_splits, validation_patients
 from biocls.train import CHECKPOINT
@@ -47,10 +50,9 @@ PIPELINE_MODEL_KEYS = ("top_n", "pattern_top_n", "threads")
 MODEL_DEFAULTS: dict[str, Any] = {"top_n": 20, "pattern_top_n": 5, "threads": None}
 BASELINE_DEFAULTS: dict[str, Any] = {"kmers": [3, 4], "penalties": ["l1", "l2"],
                                      "Cs": [0.001, 0.01, 0.1, 1.0, 10.0], "inner_folds": 3}
-PREDICTION_COLUMNS = ["repertoire_id", "patient", "fold", "label", "probability",
-                      "kmer_probability", "predicted", "n_sequences", "n_dropped"]
-ATTENTION_COLUMNS = ["repertoire_id", "patient", "rank", "junction_aa", "v_call", "j_call",
-                     "duplicate_count", "weight", "score"]
+# the columns are owned by biocls.columns; these names stay for the writers below
+PREDICTION_COLUMNS = C.PREDICTION_COLUMNS
+ATTENTION_COLUMNS = C.ATTENTION_COLUMNS
 
 
 # -- spec helpers ------------------------------------------------------------------------------
@@ -267,7 +269,7 @@ def _write_final(spec: dict, clf: RepertoireClassifier, st: CDR3Store, reps: pd.
             "n_repertoires": int(len(train_rows)),
             "n_patients": int(reps["patient"].nunique()),
             "top_n": int(opts["top_n"]), "history": _finite(hist)}
-    clf.save(out_dir, meta)
+    clf.save(out_dir, meta=meta)
     if clf.pooling == "patterns":
         weights, rows = clf.pattern_neighbours(bags, int(opts["pattern_top_n"]))
         order = {s: r for r, s in enumerate(np.argsort(-weights))}
@@ -393,7 +395,12 @@ def _summary(values: list[float | None]) -> dict[str, Any]:
 def evaluate(spec: dict, *, splits: Path, folds_dir: Path, out_dir: Path) -> None:
     """Gather the per-fold outputs into ``predictions.tsv``, ``attention.tsv`` and
     ``metrics.json`` (DESIGN §4b), and copy the final model's ``patterns.tsv`` when present
-    (``folds_dir/final/`` or ``out_dir/model/``)."""
+    (``folds_dir/final/`` or ``out_dir/model/``).
+
+    Besides the metrics of DESIGN §4b, ``metrics.json`` holds every number the report shows, so
+    that the renderer only renders: ``roc_curve`` (pooled out-of-fold ROC points per model,
+    :func:`~biocls.evaluate.roc_points`), ``enriched_kmers`` (per repertoire,
+    :func:`~biocls.evaluate.enriched_kmers_by_repertoire`) and ``n_patterns``."""
     folds_dir, out_dir = Path(folds_dir), Path(out_dir)
     sp = read_splits(str(splits))
     ks = sorted(int(k) for k in sp["fold"].unique())
@@ -403,49 +410,53 @@ def evaluate(spec: dict, *, splits: Path, folds_dir: Path, out_dir: Path) -> Non
         if not (d / "predictions.tsv").exists():
             raise BioclsError(f"fold {k} has no predictions.tsv", where=str(d),
                               fix=f"run `biocls train --fold {k}` first")
-        # IDs such as "NA" are IDs, not missing values
-        preds.append(pd.read_csv(d / "predictions.tsv", sep="\t", keep_default_na=False,
-                                 na_values=[""], dtype={"patient": str, "repertoire_id": str}))
+        preds.append(C.read_predictions(d / "predictions.tsv", required=(C.PATIENT, C.FOLD)))
         if (d / "attention.tsv").exists():
-            atts.append(pd.read_csv(d / "attention.tsv", sep="\t", keep_default_na=False,
-                                    na_values=[""],
-                                    dtype={"patient": str, "repertoire_id": str}))
+            atts.append(C.read_predictions(d / "attention.tsv", required=[C.REPERTOIRE_ID]))
         if (d / "fold.json").exists():
             fold_info[k] = json.loads((d / "fold.json").read_text())
-    pred = pd.concat(preds, ignore_index=True).sort_values(["fold", "repertoire_id"])
-    att = pd.concat(atts, ignore_index=True) if atts else pd.DataFrame(columns=ATTENTION_COLUMNS)
-    y, p, q = (pred[c].to_numpy() for c in ("label", "probability", "kmer_probability"))
-    per_fold = [_auc(y[pred["fold"] == k], p[pred["fold"] == k]) for k in ks]
-    per_fold_k = [_auc(y[pred["fold"] == k], q[pred["fold"] == k]) for k in ks]
+    pred = pd.concat(preds, ignore_index=True).sort_values([C.FOLD, C.REPERTOIRE_ID])
+    att = (pd.concat(atts, ignore_index=True) if atts
+           else pd.DataFrame(columns=C.ATTENTION_COLUMNS))
+    y, p, q = (pred[c].to_numpy() for c in (C.LABEL, C.PROBABILITY, C.KMER_PROBABILITY))
+    fold = pred[C.FOLD]
+    per_fold = [_auc(y[fold == k], p[fold == k]) for k in ks]
+    per_fold_k = [_auc(y[fold == k], q[fold == k]) for k in ks]
     per_patient = {}
-    for pat, g in pred.groupby("patient"):
-        per_patient[str(pat)] = {"probability": float(g["probability"].mean()),
-                                 "kmer_probability": float(g["kmer_probability"].mean()),
-                                 "label": int(g["label"].max()), "fold": int(g["fold"].iat[0]),
+    for pat, g in pred.groupby(C.PATIENT):
+        per_patient[str(pat)] = {"probability": float(g[C.PROBABILITY].mean()),
+                                 "kmer_probability": float(g[C.KMER_PROBABILITY].mean()),
+                                 "label": int(g[C.LABEL].max()), "fold": int(g[C.FOLD].iat[0]),
                                  "n_repertoires": int(len(g))}
     pooling = (spec.get("model") or {}).get("pooling", "attention")
     metrics: dict[str, Any] = {
         "task": "repertoires", "experiment": _name(spec), "pooling": pooling,
-        "n_patients": int(pred["patient"].nunique()), "n_repertoires": int(len(pred)),
-        "n_sequences": int(pred["n_sequences"].sum()), "folds": len(ks),
+        "n_patients": int(pred[C.PATIENT].nunique()), "n_repertoires": int(len(pred)),
+        "n_sequences": int(pred[C.N_SEQUENCES].sum()), "folds": len(ks),
         "roc_auc": {**_summary(per_fold), "pooled": _auc(y, p)},
         "baselines": {"kmer_logreg": {
             "roc_auc": {**_summary(per_fold_k), "pooled": _auc(y, q)},
             "chosen": {str(k): v.get("kmer_logreg") for k, v in fold_info.items()}}},
         "per_patient": per_patient,
+        "roc_curve": {name: curve for name, curve in (
+            ("model", roc_points(y, p)), ("kmer_logreg", roc_points(y, q))) if curve},
+        "enriched_kmers": enriched_kmers_by_repertoire(att),
     }
     dropped = {str(r): int(n)
-               for r, n in zip(pred["repertoire_id"], pred["n_dropped"], strict=True) if n}
+               for r, n in zip(pred[C.REPERTOIRE_ID], pred[C.N_DROPPED], strict=True) if n}
     if dropped:
         metrics["dropped_sequences"] = dropped
+    patterns = next((f for f in (folds_dir / "final" / "patterns.tsv",
+                                 out_dir / "model" / "patterns.tsv") if f.exists()), None)
+    if patterns is not None:
+        metrics["n_patterns"] = int(
+            C.read_predictions(patterns, required=[C.PATTERN])[C.PATTERN].nunique())
     out_dir.mkdir(parents=True, exist_ok=True)
     write_tsv(out_dir / "predictions.tsv", pred)
     write_tsv(out_dir / "attention.tsv", att)
     write_json(out_dir / "metrics.json", _finite(metrics))
-    for pat in (folds_dir / "final" / "patterns.tsv", out_dir / "model" / "patterns.tsv"):
-        if pat.exists():
-            shutil.copyfile(pat, out_dir / "patterns.tsv")
-            break
+    if patterns is not None:
+        shutil.copyfile(patterns, out_dir / "patterns.tsv")
 
 
 # -- predict -----------------------------------------------------------------------------------
@@ -454,7 +465,7 @@ def predict(model_dir: Path, input: Path, output: Path) -> None:  # noqa: A002 -
     """Apply a final model to a folder of repertoire TSVs (AIRR or DeepRC columns; a
     ``metadata.tsv`` there is ignored, as is a ``repertoires/`` subfolder's parent) and write a TSV
     ``repertoire_id, probability``."""
-    clf, meta = RepertoireClassifier.load(model_dir)
+    clf = RepertoireClassifier.load(model_dir)
     src = Path(input)
     files = find_repertoire_files(src)
     if not files and (src / "repertoires").is_dir():
@@ -475,5 +486,5 @@ def predict(model_dir: Path, input: Path, output: Path) -> None:  # noqa: A002 -
                 out.append({"repertoire_id": rid, "probability": float(clf.predict_proba([pb])[0])})
     write_tsv(output, pd.DataFrame(out, columns=["repertoire_id", "probability"]))
     log.info("predicted %d repertoire(s) with %s (%s) into %s", len(out), model_dir,
-             meta.get("experiment"), output)
+             clf.meta_.get("experiment"), output)
 

@@ -196,26 +196,33 @@ def count_bars(labels: Sequence[str], annotated: Sequence[int], predicted: Seque
     )
 
 
-def confidence_histograms(panels: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> str:
+def confidence_histograms(
+    panels: Sequence[tuple[str, Sequence[float], Sequence[int], Sequence[int]]],
+) -> str:
     """Histograms of model confidence, correct predictions against wrong ones, one panel per head.
 
-    A well-behaved model puts its wrong predictions at low confidence; overlap says the
-    confidence cannot be used to flag errors.
+    Each panel is ``(title, bin edges, correct counts, wrong counts)``, counted by
+    :func:`biocls.evaluate.confidence_histogram`. A well-behaved model puts its wrong predictions
+    at low confidence; overlap says the confidence cannot be used to flag errors.
     """
-    bins = np.linspace(0.0, 1.0, 21)
     with _style():
         fig = Figure(figsize=(3.6 * len(panels) + 0.6, 3.0), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, len(panels)))
-        for ax, (title, correct, wrong) in zip(axes, panels, strict=True):
-            # Filled bars for correct, an outline for wrong: both stay readable where they overlap.
-            ax.hist(correct, bins=bins, color=SKY, label=f"correct (n={len(correct)})")
+        for ax, (title, edges, correct, wrong) in zip(axes, panels, strict=True):
+            bins = np.asarray(edges, dtype=float)
+            # Counts drawn as histograms (one weighted point per bin) so that they look as if
+            # hist() had binned the values. Filled bars for correct, an outline for wrong: both
+            # stay readable where they overlap.
+            ax.hist(bins[:-1], bins=bins, weights=correct, color=SKY,
+                    label=f"correct (n={int(np.sum(correct))})")
             ax.hist(
-                wrong,
+                bins[:-1],
                 bins=bins,
+                weights=wrong,
                 color=VERMILLION,
                 histtype="step",
                 linewidth=2,
-                label=f"wrong (n={len(wrong)})",
+                label=f"wrong (n={int(np.sum(wrong))})",
             )
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_xlim(0, 1)

@@ -4,6 +4,12 @@ The pipeline is shared by every task: read and validate the inputs, name the pat
 the pages, write the whole folder atomically. What differs per task is a *section*: how its extra
 files are read, and what its index and patient pages show. A new task adds a :class:`_Section`
 and two templates, not a second pipeline.
+
+The renderer only renders (STYLE.md habit 6): every number on a page, from a confusion matrix to
+an enriched k-mer, is computed by :mod:`biocls.evaluate` and read here from ``metrics.json``.
+``predictions.tsv``, ``attention.tsv`` and ``patterns.tsv`` are read (through
+:func:`biocls.columns.read_predictions`) only to list rows: a patient's cells, a repertoire's
+attended sequences, a pattern's nearest sequences.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import json
 import math
 import re
 import shlex
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +28,7 @@ import jinja2
 import numpy as np
 import pandas as pd
 
+from biocls import columns as C
 from biocls._errors import BioclsError
 from biocls._io import atomic_path
 from biocls.report import _plots
@@ -37,12 +43,8 @@ _METRICS = {
     "mAP": "mAP, annotated entries (multi-label states)",
 }
 _MAX_PAGE_NAME = 100
-_STATE_COLS = ("true_state:", "pred_state:", "prob_state:")
 _STATE_CELLS = 25  # cells listed in the patient page's state-label table
-_TOP_ERRORS = 10
 _TOP_SEQUENCES = 25
-_TOP_KMERS = 10
-_KMER = 3
 _MAX_PATTERNS = 8
 _SEQUENCES_PER_PATTERN = 10
 
@@ -246,24 +248,16 @@ def _read_metrics(path: Path) -> dict[str, Any]:
     return metrics
 
 
-def _read_tsv(
-    path: Path,
-    required: Iterable[str],
-    *,
-    optional: bool = False,
-    usecols: Callable[[str], bool] | None = None,
-) -> pd.DataFrame | None:
+def _read_tsv(path: Path, required: Iterable[str]) -> pd.DataFrame:
     """Read a TSV as text (IDs like ``007`` stay as written); check its required columns."""
     if not path.is_file():
-        if optional:
-            return None
         raise BioclsError(
             "file not found",
             where=str(path),
             fix="run the experiment's evaluation before rendering its report",
         )
     try:
-        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False, usecols=usecols)
+        frame = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise BioclsError(
             "file is empty", where=str(path), fix="re-run the evaluation that writes this file"
@@ -279,9 +273,8 @@ def _read_tsv(
 
 
 def _read_splits(path: Path) -> pd.DataFrame:
-    splits = _read_tsv(path, ["patient", "fold"])
-    assert splits is not None
-    folds = splits.groupby("patient", sort=False)["fold"].nunique()
+    splits = _read_tsv(path, [C.PATIENT, C.FOLD])
+    folds = splits.groupby(C.PATIENT, sort=False)[C.FOLD].nunique()
     leaked = list(folds[folds > 1].index)
     if leaked:
         raise BioclsError(
@@ -289,20 +282,21 @@ def _read_splits(path: Path) -> pd.DataFrame:
             where=str(path),
             fix="re-run the split: each patient must sit in exactly one fold",
         )
-    splits = splits.drop_duplicates("patient").reset_index(drop=True)
+    splits = splits.drop_duplicates(C.PATIENT).reset_index(drop=True)
     if splits.empty:
         raise BioclsError("no patients", where=str(path), fix="re-run the split")
     return splits
 
 
 def _labels(series: pd.Series) -> pd.Series:
-    """Labels as stripped text, with every spelling of 'unknown' turned into ''."""
+    """Labels as stripped text, with every spelling of 'unknown' shown as ''."""
     s = series.astype(str).str.strip()
     return s.where(~s.isin(_MISSING_LABELS), "")
 
 
-def _numbers(series: pd.Series) -> pd.Series:
-    return pd.to_numeric(series, errors="coerce")
+def _read_optional(path: Path, required: Iterable[str]) -> pd.DataFrame | None:
+    """An optional table (``attention.tsv``, ``patterns.tsv``): ``None`` when absent."""
+    return C.read_predictions(path, required=required) if path.is_file() else None
 
 
 def _figure(uri: str, title: str, caption: str) -> dict[str, str]:
@@ -311,42 +305,34 @@ def _figure(uri: str, title: str, caption: str) -> dict[str, str]:
 
 # ----------------------------------------------------------------------------- task: cells
 
+# The columns a patient page lists: its cells, never an aggregate of them.
+_CELL_TABLE_COLUMNS = {
+    C.CELL_ID,
+    C.PATIENT,
+    C.FOLD,
+    C.true_col(C.CELL_TYPE),
+    C.pred_col(C.CELL_TYPE),
+    C.true_col(C.CELL_STATE),
+    C.pred_col(C.CELL_STATE),
+    C.confidence_col(C.CELL_STATE),
+}
+
 
 def _cells_load(results_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    path = results_dir / "predictions.tsv"
-    preds = _read_tsv(
-        path,
-        ["patient", "fold", "true_cell_type", "pred_cell_type"],
-        usecols=lambda c: not c.startswith("prob_") or c.startswith(_STATE_COLS),
+    preds = C.read_predictions(
+        results_dir / "predictions.tsv",
+        required=[C.PATIENT, C.FOLD, C.true_col(C.CELL_TYPE), C.pred_col(C.CELL_TYPE)],
+        usecols=lambda c: c in _CELL_TABLE_COLUMNS
+        or c.startswith((C.TRUE_STATE, C.PRED_STATE, C.PROB_STATE)),
     )
-    assert preds is not None
     for col in preds.columns:
-        if col.startswith(_STATE_COLS):  # multi-label states: 1/0/empty and probabilities
-            preds[col] = _numbers(preds[col])
-        elif col.startswith(("true_", "pred_", "joint_pred_", "logreg_pred_")):
+        if C.is_label_col(col):
             preds[col] = _labels(preds[col])
-        elif col.endswith("_confidence"):
-            preds[col] = _numbers(preds[col])
-    has_state_pred = "pred_cell_state" in preds.columns
-    has_state = (
-        has_state_pred
-        and "true_cell_state" in preds.columns
-        and bool((preds["true_cell_state"] != "").any())
-    )
     return {
-        "preds": preds,
-        "by_patient": dict(tuple(preds.groupby("patient", sort=False))),
-        "has_state": has_state,
-        "has_state_pred": has_state_pred,
-        "state_labels": [c.split(":", 1)[1] for c in preds.columns if c.startswith("true_state:")],
+        "by_patient": dict(tuple(preds.groupby(C.PATIENT, sort=False))),
+        # the state head is shown where evaluate found annotated states to score it on
+        "has_state": bool(_get(metrics, "confusion", C.CELL_STATE)),
     }
-
-
-def _confusion(true: pd.Series, pred: pd.Series) -> tuple[list[str], np.ndarray]:
-    keep = (true != "") & (pred != "")
-    labels = sorted(set(true[keep]) | set(pred[keep]))
-    table = pd.crosstab(true[keep], pred[keep]).reindex(index=labels, columns=labels, fill_value=0)
-    return labels, table.to_numpy()
 
 
 def _metrics_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
@@ -377,21 +363,24 @@ def _metrics_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _cells_index(ctx: _Context) -> dict[str, Any]:
     m, data = ctx.metrics, ctx.data
-    preds = data["preds"]
+    confusion = m.get("confusion") or {}
     figures = []
-    panels = [("factored", "pred_cell_type", "cell type", "true_cell_type")]
+    panels = [(C.CELL_TYPE, "factored")]
     if data["has_state"]:
-        panels.append(("factored", "pred_cell_state", "cell state", "true_cell_state"))
-    if "joint_pred_cell_type" in preds.columns:
-        panels.append(("joint", "joint_pred_cell_type", "cell type", "true_cell_type"))
-    for model, col, head, true_col in panels:
-        labels, counts = _confusion(preds[true_col], preds[col])
-        if not labels:
+        panels.append((C.CELL_STATE, "factored"))
+    panels.append((C.CELL_TYPE, "joint"))
+    for head, model in panels:
+        table = _get(confusion, head, model)
+        if not isinstance(table, dict) or not table.get("labels"):
             continue
         figures.append(
             _figure(
-                _plots.confusion_matrix(counts, labels, title=f"{head}, {model} model"),
-                f"Confusion matrix: {head}, {model} model",
+                _plots.confusion_matrix(
+                    np.asarray(table["counts"]),
+                    table["labels"],
+                    title=f"{_HEADS[head]}, {model} model",
+                ),
+                f"Confusion matrix: {_HEADS[head]}, {model} model",
                 "Each row is one annotated label, normalised to sum to 1 (its cell count in"
                 " brackets); the diagonal is the fraction classified correctly. Out-of-fold"
                 " predictions, all patients; cells without an annotation are left out.",
@@ -426,7 +415,7 @@ def _cells_index(ctx: _Context) -> dict[str, Any]:
     return {
         "summary": {
             "n_patients": m.get("n_patients", len(ctx.splits)),
-            "n_cells": m.get("n_cells", len(preds)),
+            "n_cells": m.get("n_cells"),
             "folds": m.get("folds"),
             "raw_counts": preprocess.get("raw_counts"),
             "preprocess_note": preprocess.get("note"),
@@ -443,53 +432,36 @@ def _cells_index(ctx: _Context) -> dict[str, Any]:
     }
 
 
-def _top_errors(true: pd.Series, pred: pd.Series) -> list[dict[str, Any]]:
-    wrong = (true != "") & (pred != "") & (true != pred)
-    counts = Counter(zip(true[wrong], pred[wrong], strict=True))
-    return [
-        {"true": t, "pred": p, "n": n}
-        for (t, p), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:_TOP_ERRORS]
-    ]
-
-
 def _cells_patient(ctx: _Context, patient: str) -> dict[str, Any]:
     data = ctx.data
-    cells = data["by_patient"].get(patient)
     pm = (ctx.metrics.get("per_patient") or {}).get(patient) or {}
+    details = (ctx.metrics.get("patient_details") or {}).get(patient) or {}
     out: dict[str, Any] = {
         "pm": pm,
         "has_state": data["has_state"],
         "figures": [],
-        "n_cells": 0 if cells is None else len(cells),
+        "n_cells": pm.get("n_cells") or 0,
         "errors": [],
         "per_type": [],
         "state_view": None,
     }
-    if cells is None or cells.empty:
+    if not details:
         return out
-    out["state_view"] = _state_view(cells, data)
-    true_t, pred_t = cells["true_cell_type"], cells["pred_cell_type"]
+    cells = data["by_patient"].get(patient)
+    if details.get("state_view") and cells is not None:
+        out["state_view"] = {**details["state_view"], "cells": _state_cells(cells, details)}
     figures = out["figures"]
 
-    if data["has_state_pred"]:
-        true_s = (
-            cells["true_cell_state"]
-            if "true_cell_state" in cells.columns
-            else pd.Series("", index=cells.index)
-        ).replace("", "(unannotated)")
-        pred_s = cells["pred_cell_state"].replace("", "(none)")
-        types = sorted(set(true_t.replace("", "(unannotated)")) | set(pred_t.replace("", "(none)")))
-        # Same state columns in the same order on both sides; "(unannotated)" only where it occurs.
-        states = sorted((set(true_s) | set(pred_s)) - {"(unannotated)"})
-        ann_states = states + (["(unannotated)"] if (true_s == "(unannotated)").any() else [])
-        ann = pd.crosstab(true_t.replace("", "(unannotated)"), true_s)
-        ann = ann.reindex(index=types, columns=ann_states, fill_value=0)
-        prd = pd.crosstab(pred_t.replace("", "(none)"), pred_s)
-        prd = prd.reindex(index=types, columns=states, fill_value=0)
+    comp = details.get("composition")
+    if comp and "annotated_states" in comp:
         figures.append(
             _figure(
                 _plots.composition(
-                    ann.to_numpy(), prd.to_numpy(), types, list(ann.columns), list(prd.columns)
+                    np.asarray(comp["annotated"]),
+                    np.asarray(comp["predicted"]),
+                    comp["types"],
+                    comp["annotated_states"],
+                    comp["predicted_states"],
                 ),
                 "Composition: annotated vs predicted",
                 "Cell counts per cell type (rows) and cell state (columns), as annotated (left)"
@@ -497,35 +469,21 @@ def _cells_patient(ctx: _Context, patient: str) -> dict[str, Any]:
                 " shifts the patient's composition.",
             )
         )
-    else:
-        types = sorted((set(true_t) | set(pred_t)) - {""})
+    elif comp:
         figures.append(
             _figure(
-                _plots.count_bars(
-                    types,
-                    [int((true_t == t).sum()) for t in types],
-                    [int((pred_t == t).sum()) for t in types],
-                ),
+                _plots.count_bars(comp["types"], comp["annotated"], comp["predicted"]),
                 "Composition: annotated vs predicted",
                 "Cell counts per cell type.",
             )
         )
 
-    panels = []
-    for head, true_col, pred_col, conf_col in (
-        ("cell type", "true_cell_type", "pred_cell_type", "cell_type_confidence"),
-        ("cell state", "true_cell_state", "pred_cell_state", "cell_state_confidence"),
-    ):
-        if head == "cell state" and not data["has_state"]:
-            continue
-        if conf_col not in cells.columns:
-            continue
-        known = (cells[true_col] != "") & cells[conf_col].notna()
-        right = known & (cells[true_col] == cells[pred_col])
-        wrong = known & (cells[true_col] != cells[pred_col])
-        panels.append(
-            (head, cells.loc[right, conf_col].to_numpy(), cells.loc[wrong, conf_col].to_numpy())
-        )
+    confidence = details.get("confidence") or {}
+    panels = [
+        (name, h["bins"], h["correct"], h["wrong"])
+        for head, name in _HEADS.items()
+        if (h := confidence.get(head))
+    ]
     if panels:
         figures.append(
             _figure(
@@ -537,168 +495,94 @@ def _cells_patient(ctx: _Context, patient: str) -> dict[str, Any]:
             )
         )
 
-    errors = [{"head": "cell type", "rows": _top_errors(true_t, pred_t)}]
-    if data["has_state"]:
-        errors.append(
-            {
-                "head": "cell state",
-                "rows": _top_errors(cells["true_cell_state"], cells["pred_cell_state"]),
-            }
-        )
-    out["errors"] = errors
-
-    per_type = []
-    for t in sorted(set(true_t) - {""}):
-        sel = cells[true_t == t]
-        row = {
-            "type": t,
-            "n": len(sel),
-            "type_acc": float((sel["pred_cell_type"] == t).mean()),
-            "state_acc": None,
-        }
-        if data["has_state"]:
-            known = sel[sel["true_cell_state"] != ""]
-            if len(known):
-                row["state_acc"] = float(
-                    (known["pred_cell_state"] == known["true_cell_state"]).mean()
-                )
-        per_type.append(row)
-    out["per_type"] = per_type
+    top = details.get("top_errors") or {}
+    out["errors"] = [{"head": name, "rows": top[head]} for head, name in _HEADS.items()
+                     if head in top]
+    out["per_type"] = details.get("per_type") or []
     return out
 
 
-def _state_view(cells: pd.DataFrame, data: dict[str, Any]) -> dict[str, Any] | None:
-    """Annotated state labels next to predicted ones; unknown entries as filled in by the model.
+def _state_cells(cells: pd.DataFrame, details: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rows of the state-label cell table: the first cells with an unknown entry.
 
-    Multi-label states: one row per state label (annotated present / absent / unknown, agreement
-    on annotated entries, what the model fills in for the unknown ones), and a cell list showing
-    each entry as annotated (+, −) or unknown (?) with the model's call beside it. Single-label
-    states: one row per state, with the unannotated cells' predicted states as the fill-in.
+    Multi-label states: each entry as annotated (+, −) or unknown (?), next to the model's call
+    (``pred_state:``) and probability. Single-label states: the unannotated cells with the state
+    the model fills in.
     """
-    names = data.get("state_labels") or []
-    if names:
-        rows, shown = [], []
-        unknown_any = np.zeros(len(cells), dtype=bool)
-        for name in names:
-            ann = cells[f"true_state:{name}"]
-            prob = cells[f"prob_state:{name}"]
-            pred = (prob >= 0.5).astype(int)
-            known, unk = ann.notna(), ann.isna()
-            unknown_any |= unk.to_numpy()
-            rows.append({
-                "label": name, "present": int((ann == 1).sum()), "absent": int((ann == 0).sum()),
-                "unknown": int(unk.sum()),
-                "agree": float((pred[known] == ann[known]).mean()) if known.any() else None,
-                "filled_present": int(pred[unk].sum()), "filled_absent": int((1 - pred[unk]).sum()),
-                "filled_mean_prob": float(prob[unk].mean()) if unk.any() else None})
-        order = np.argsort(~unknown_any, kind="stable")[:_STATE_CELLS]
-        for i in order:
+    view = details["state_view"]
+    if view.get("mode") == "multilabel":
+        names = view.get("labels") or []
+        unknown = cells[[C.true_state_col(n) for n in names]].isna().any(axis=1).to_numpy()
+        shown = []
+        for i in np.argsort(~unknown, kind="stable")[:_STATE_CELLS]:
             row = cells.iloc[i]
             entries = []
             for name in names:
-                a, p = row[f"true_state:{name}"], float(row[f"prob_state:{name}"])
-                call = "+" if p >= 0.5 else "−"
+                a, p = row[C.true_state_col(name)], float(row[C.prob_state_col(name)])
+                called = row.get(C.pred_state_col(name), float(p >= 0.5))
+                call = "+" if called == 1 else "−"
                 if pd.isna(a):
-                    entries.append({"ann": "?", "pred": call, "prob": p, "filled": True,
-                                    "agree": None})
+                    entries.append(
+                        {"ann": "?", "pred": call, "prob": p, "filled": True, "agree": None}
+                    )
                 else:
-                    ann_s = "+" if a == 1 else "−"
-                    entries.append({"ann": ann_s, "pred": call, "prob": p, "filled": False,
-                                    "agree": ann_s == call})
-            shown.append({"cell_id": row.get("cell_id", ""),
-                          "type": row.get("pred_cell_type", ""), "entries": entries})
-        return {"mode": "multilabel", "labels": names, "rows": rows, "cells": shown,
-                "n_unknown": int(sum(r["unknown"] for r in rows))}
-    if not data["has_state_pred"] or "true_cell_state" not in cells.columns:
-        return None
-    true_s, pred_s = cells["true_cell_state"], cells["pred_cell_state"]
-    unk = true_s == ""
-    rows = []
-    for state in sorted((set(true_s) | set(pred_s)) - {""}):
-        ann = true_s == state
-        rows.append({"label": state, "annotated": int(ann.sum()),
-                     "agree": float((pred_s[ann] == state).mean()) if ann.any() else None,
-                     "predicted": int((pred_s[~unk] == state).sum()),
-                     "filled": int((pred_s[unk] == state).sum())})
-    conf = cells.get("cell_state_confidence")
-    shown = [{"cell_id": r.get("cell_id", ""), "type": r.get("pred_cell_type", ""),
-              "pred": r["pred_cell_state"],
-              "prob": None if conf is None else r["cell_state_confidence"]}
-             for _, r in cells[unk].head(_STATE_CELLS).iterrows()]
-    return {"mode": "single", "rows": rows, "cells": shown, "n_unknown": int(unk.sum())}
+                    ann = "+" if a == 1 else "−"
+                    entries.append(
+                        {"ann": ann, "pred": call, "prob": p, "filled": False, "agree": ann == call}
+                    )
+            shown.append(
+                {
+                    "cell_id": row.get(C.CELL_ID, ""),
+                    "type": row.get(C.pred_col(C.CELL_TYPE), ""),
+                    "entries": entries,
+                }
+            )
+        return shown
+    unannotated = cells[cells[C.true_col(C.CELL_STATE)] == ""].head(_STATE_CELLS)
+    conf = C.confidence_col(C.CELL_STATE)
+    return [
+        {
+            "cell_id": r.get(C.CELL_ID, ""),
+            "type": r.get(C.pred_col(C.CELL_TYPE), ""),
+            "pred": r[C.pred_col(C.CELL_STATE)],
+            "prob": r.get(conf),
+        }
+        for r in unannotated.to_dict("records")
+    ]
 
 
 # ----------------------------------------------------------------------------- task: repertoires
 
 
-def _kmers(seq: str, k: int = _KMER) -> Iterable[str]:
-    return (seq[i : i + k] for i in range(len(seq) - k + 1))
-
-
 def _repertoires_load(results_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
-    preds = _read_tsv(
+    preds = C.read_predictions(
         results_dir / "predictions.tsv",
-        ["repertoire_id", "patient", "fold", "label", "probability"],
+        required=[C.REPERTOIRE_ID, C.PATIENT, C.FOLD, C.LABEL, C.PROBABILITY],
     )
-    assert preds is not None
-    for col in ("label", "probability", "kmer_probability"):
-        if col in preds.columns:
-            preds[col] = _numbers(preds[col])
-    attention = _read_tsv(
-        results_dir / "attention.tsv", ["repertoire_id", "junction_aa"], optional=True
-    )
-    background: Counter[str] = Counter()
+    attention = _read_optional(results_dir / "attention.tsv", [C.REPERTOIRE_ID, C.JUNCTION_AA])
     by_rep: dict[str, pd.DataFrame] = {}
     if attention is not None:
-        attention["junction_aa"] = attention["junction_aa"].str.strip().str.upper()
-        for col in ("rank", "duplicate_count", "weight"):
-            if col in attention.columns:
-                attention[col] = _numbers(attention[col])
-        for seq in attention["junction_aa"]:
-            background.update(_kmers(seq))
-        sort_col = "rank" if "rank" in attention.columns else None
-        for rep, rows in attention.groupby("repertoire_id", sort=False):
-            by_rep[rep] = rows.sort_values(sort_col) if sort_col else rows
-    patterns = _read_tsv(results_dir / "patterns.tsv", ["pattern", "junction_aa"], optional=True)
+        attention[C.JUNCTION_AA] = attention[C.JUNCTION_AA].fillna("").str.strip().str.upper()
+        if C.RANK in attention.columns:
+            attention = attention.sort_values(C.RANK, kind="mergesort")
+        by_rep = dict(tuple(attention.groupby(C.REPERTOIRE_ID, sort=False)))
+    patterns = _read_optional(results_dir / "patterns.tsv", [C.PATTERN, C.JUNCTION_AA])
     return {
         "preds": preds,
         "attention_present": attention is not None,
         "attention": by_rep,
-        "background": background,
         "patterns": patterns,
     }
 
 
-def roc_curve(label: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """False/true positive rates at every distinct threshold, and the area under them.
-
-    Ties are handled as one threshold (a diagonal step), which gives the same AUC as the
-    Mann-Whitney statistic. Needs both classes present.
-    """
-    order = np.argsort(-score, kind="mergesort")
-    score, label = score[order], label[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(score)), len(score) - 1]
-    tp = np.cumsum(label)[last_of_tie]
-    fp = (last_of_tie + 1) - tp
-    tpr = np.r_[0.0, tp / label.sum()]
-    fpr = np.r_[0.0, fp / (len(label) - label.sum())]
-    auc = float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-    return fpr, tpr, auc
-
-
 def _repertoires_index(ctx: _Context) -> dict[str, Any]:
     m, data = ctx.metrics, ctx.data
-    preds = data["preds"]
     figures = []
-    curves = []
-    for name, col in (("model", "probability"), ("k-mer", "kmer_probability")):
-        if col not in preds.columns:
-            continue
-        ok = preds["label"].isin([0, 1]) & preds[col].notna()
-        y = preds.loc[ok, "label"].to_numpy(dtype=float)
-        if ok.sum() and 0 < y.sum() < len(y):
-            fpr, tpr, auc = roc_curve(y, preds.loc[ok, col].to_numpy(dtype=float))
-            curves.append((name, fpr, tpr, auc))
+    curves = [
+        (name, np.asarray(c["fpr"]), np.asarray(c["tpr"]), c["auc"])
+        for name, key in (("model", "model"), ("k-mer", "kmer_logreg"))
+        if isinstance(c := _get(m, "roc_curve", key), dict)
+    ]
     if curves:
         figures.append(
             _figure(
@@ -739,30 +623,29 @@ def _repertoires_index(ctx: _Context) -> dict[str, Any]:
         )
 
     patterns = []
-    if data["patterns"] is not None:
-        pt = data["patterns"]
-        if "rank" in pt.columns:
-            pt = pt.assign(_rank=_numbers(pt["rank"])).sort_values("_rank", kind="mergesort")
-        for pattern in list(dict.fromkeys(data["patterns"]["pattern"]))[:_MAX_PATTERNS]:
-            rows = pt[pt["pattern"] == pattern].head(_SEQUENCES_PER_PATTERN)
+    pt = data["patterns"]
+    if pt is not None:
+        if C.RANK in pt.columns:
+            pt = pt.sort_values(C.RANK, kind="mergesort")
+        for pattern in list(dict.fromkeys(data["patterns"][C.PATTERN]))[:_MAX_PATTERNS]:
+            rows = pt[pt[C.PATTERN] == pattern].head(_SEQUENCES_PER_PATTERN)
             patterns.append(
                 {
                     "pattern": pattern,
                     "rows": [
                         {
-                            "rank": r.get("rank", ""),
-                            "junction_aa": r["junction_aa"],
-                            "similarity": _numbers(pd.Series([r.get("similarity")])).iloc[0],
+                            "rank": r.get(C.RANK, ""),
+                            "junction_aa": r[C.JUNCTION_AA],
+                            "similarity": r.get(C.SIMILARITY),
                         }
                         for r in rows.to_dict("records")
                     ],
                 }
             )
-    n_patterns = 0 if data["patterns"] is None else data["patterns"]["pattern"].nunique()
     return {
         "summary": {
             "n_patients": m.get("n_patients", len(ctx.splits)),
-            "n_repertoires": m.get("n_repertoires", len(preds)),
+            "n_repertoires": m.get("n_repertoires"),
             "folds": m.get("folds"),
             "pooling": m.get("pooling"),
             "auc": _get(m, "roc_auc"),
@@ -771,76 +654,46 @@ def _repertoires_index(ctx: _Context) -> dict[str, Any]:
         "figures": figures,
         "fold_rows": fold_rows,
         "patterns": patterns,
-        "n_patterns": n_patterns,
-        "patterns_present": data["patterns"] is not None,
+        "n_patterns": m.get("n_patterns") or len(patterns),
+        "patterns_present": pt is not None,
         "patients": ctx.patient_rows(),
     }
-
-
-def enriched_kmers(
-    sequences: Iterable[str], background: Counter[str], *, top: int = _TOP_KMERS, k: int = _KMER
-) -> list[dict[str, Any]]:
-    """k-mers over-represented in ``sequences`` relative to ``background`` counts.
-
-    Score: log2 of the k-mer's frequency in the sequences over its frequency in the background,
-    each with a pseudocount of 1 per distinct k-mer, so that a k-mer seen once is not ranked
-    above one seen many times by chance alone.
-    """
-    fg: Counter[str] = Counter()
-    for seq in sequences:
-        fg.update(_kmers(seq, k))
-    if not fg:
-        return []
-    vocab = len(set(background) | set(fg))
-    n_fg, n_bg = sum(fg.values()), sum(background.values())
-    rows = [
-        {
-            "kmer": km,
-            "n": c,
-            "n_background": background.get(km, 0),
-            "log2_ratio": math.log2((c + 1) / (n_fg + vocab))
-            - math.log2((background.get(km, 0) + 1) / (n_bg + vocab)),
-        }
-        for km, c in fg.items()
-    ]
-    rows.sort(key=lambda r: (-r["log2_ratio"], -r["n"], r["kmer"]))
-    return rows[:top]
 
 
 def _repertoires_patient(ctx: _Context, patient: str) -> dict[str, Any]:
     data = ctx.data
     preds = data["preds"]
-    mine = preds[preds["patient"] == patient].sort_values("repertoire_id")
+    mine = preds[preds[C.PATIENT] == patient].sort_values(C.REPERTOIRE_ID)
     dropped = ctx.metrics.get("dropped_sequences") or {}
+    kmers = ctx.metrics.get("enriched_kmers") or {}
+    by_rep = kmers.get("by_repertoire") or {}
     repertoires = []
     for r in mine.to_dict("records"):
-        rep = r["repertoire_id"]
+        rep = r[C.REPERTOIRE_ID]
         att = data["attention"].get(rep)
         top = att.head(_TOP_SEQUENCES) if att is not None else None
         repertoires.append(
             {
                 "id": rep,
-                "fold": r["fold"],
-                "label": r["label"],
-                "probability": r["probability"],
-                "kmer_probability": r.get("kmer_probability"),
+                "fold": r[C.FOLD],
+                "label": r[C.LABEL],
+                "probability": r[C.PROBABILITY],
+                "kmer_probability": r.get(C.KMER_PROBABILITY),
                 "sequences": [] if top is None else top.to_dict("records"),
                 "n_attended": 0 if att is None else len(att),
-                "kmers": []
-                if att is None
-                else enriched_kmers(att["junction_aa"], data["background"]),
+                "kmers": by_rep.get(rep) or [],
                 "dropped": dropped.get(rep),
             }
         )
     figures = []
-    ok = preds["label"].isin([0, 1]) & preds["probability"].notna()
+    ok = preds[C.LABEL].isin([0, 1]) & preds[C.PROBABILITY].notna()
     if len(mine) and ok.any():
         figures.append(
             _figure(
                 _plots.probability_strip(
-                    preds.loc[ok, "probability"].to_numpy(dtype=float),
-                    preds.loc[ok, "label"].to_numpy(dtype=int),
-                    (preds.loc[ok, "patient"] == patient).to_numpy(),
+                    preds.loc[ok, C.PROBABILITY].to_numpy(dtype=float),
+                    preds.loc[ok, C.LABEL].to_numpy(dtype=int),
+                    (preds.loc[ok, C.PATIENT] == patient).to_numpy(),
                 ),
                 "Predicted probability in context",
                 "Out-of-fold probabilities of every repertoire, by true label; this patient's"
@@ -852,7 +705,7 @@ def _repertoires_patient(ctx: _Context, patient: str) -> dict[str, Any]:
         "repertoires": repertoires,
         "figures": figures,
         "attention_present": data["attention_present"],
-        "kmer": _KMER,
+        "kmer": kmers.get("k", 3),
     }
 
 

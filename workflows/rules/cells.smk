@@ -9,7 +9,7 @@ rule simulate_cells:
     output:
         "resources/{exp}/cells.h5ad",
     params:
-        sim=lambda wc: json.dumps(EXPS[wc.exp]["simulate"]),
+        sim=simulate_params,
     log:
         "logs/{exp}/simulate_cells.log",
     wildcard_constraints:
@@ -37,11 +37,11 @@ rule example_data:
 
 rule split_cells:
     input:
-        data=lambda wc: spec(wc.exp)["input"],
+        data=cells_input,
     output:
         "results/{exp}/splits.tsv",
     params:
-        spec=spec_json,
+        spec=step_spec("split"),
     log:
         "logs/{exp}/split.log",
     wildcard_constraints:
@@ -56,12 +56,12 @@ rule split_cells:
 
 rule train_cells:
     input:
-        data=lambda wc: spec(wc.exp)["input"],
+        data=cells_input,
         splits="results/{exp}/splits.tsv",
     output:
         "results/{exp}/folds/{fold}/predictions.tsv",
     params:
-        spec=spec_json,
+        spec=step_spec("train"),
         out="results/{exp}/folds/{fold}",
         ckpt="results/{exp}/checkpoints/{fold}",
     log:
@@ -79,12 +79,12 @@ rule train_cells:
 
 rule train_cells_final:
     input:
-        data=lambda wc: spec(wc.exp)["input"],
+        data=cells_input,
         splits="results/{exp}/splits.tsv",
     output:
         directory("results/{exp}/model"),
     params:
-        spec=spec_json,
+        spec=step_spec("train"),
         ckpt="results/{exp}/checkpoints/final",
     log:
         "logs/{exp}/train_final.log",
@@ -110,7 +110,7 @@ rule evaluate_cells:
         predictions="results/{exp}/predictions.tsv",
         metrics="results/{exp}/metrics.json",
     params:
-        spec=spec_json,
+        spec=step_spec("evaluate"),
         certificate=lambda wc: " ".join(f"--{k} {v}" for k, v in certificate_input(wc.exp).items()),
     log:
         "logs/{exp}/evaluate.log",

@@ -5,12 +5,12 @@
 
 rule certify_cells:
     input:
-        data=lambda wc: spec(wc.exp)["input"],
+        data=cells_input,
         splits="results/{exp}/splits.tsv",
     output:
         "results/{exp}/certificate.json",
     params:
-        spec=spec_json,
+        spec=step_spec("certify"),
     log:
         "logs/{exp}/certify.log",
     wildcard_constraints:

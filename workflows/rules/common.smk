@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 from biocls._errors import BioclsError
-from biocls.config import validate_config
+from biocls.config import load_config, spec_json
 
 
 def _config_to_validate():
@@ -29,20 +29,21 @@ def _config_to_validate():
 
 try:
     _checked, _source = _config_to_validate()
-    config.update(
-        validate_config(
+    # the typed config (biocls/config.py), validated against the schema generated from it
+    EXPS = {
+        name: exp.resolve_paths()
+        for name, exp in load_config(
             _checked,
-            Path(workflow.basedir) / "workflows" / "schemas" / "config.schema.yaml",
             source=_source,
-        )
-    )
+            schema=Path(workflow.basedir) / "workflows" / "schemas" / "config.schema.yaml",
+        ).experiments.items()
+    }
 except BioclsError as e:
     sys.exit(f"biocls: config error: {e}")
 
-EXPS = config["experiments"]
-CELLS = sorted(k for k, v in EXPS.items() if v["task"] == "cells")
-REPS = sorted(k for k, v in EXPS.items() if v["task"] == "repertoires")
-CERTIFIED = sorted(k for k in CELLS if EXPS[k].get("certify") is not None)
+CELLS = sorted(k for k, v in EXPS.items() if v.task == "cells")
+REPS = sorted(k for k, v in EXPS.items() if v.task == "repertoires")
+CERTIFIED = sorted(k for k in CELLS if EXPS[k].certify is not None)
 
 
 def _alt(names):
@@ -52,23 +53,18 @@ def _alt(names):
     return "|".join(re.escape(n) for n in names) or "(?!x)x"
 
 
-def spec(exp):
-    """The experiment block with its name and resolved data paths: what every verb receives."""
-    block = dict(EXPS[exp], name=exp)
-    if block["task"] == "cells":
-        if "simulate" in block:
-            block["input"] = f"resources/{exp}/cells.h5ad"
-        elif "example" in block:
-            block["input"] = f"resources/examples/{block['example']}.h5ad"
-    elif "simulate" in block:
-        block["metadata"] = f"resources/{exp}/repertoires/metadata.tsv"
-        block["repertoires"] = f"resources/{exp}/repertoires/repertoires"
-        block["truth"] = f"resources/{exp}/repertoires/truth.tsv"
-    return block
+def step_spec(step):
+    """Params function: only the slice of the experiment that `step` reads (biocls/config.py),
+    so that editing a key reruns only the steps that read it."""
+    return lambda wildcards: spec_json(EXPS[wildcards.exp], step)
 
 
-def spec_json(wildcards):
-    return json.dumps(spec(wildcards.exp), sort_keys=True)
+def simulate_params(wildcards):
+    return json.dumps(EXPS[wildcards.exp].simulate, sort_keys=True)
+
+
+def cells_input(wildcards):
+    return EXPS[wildcards.exp].input
 
 
 def certificate_input(exp):
@@ -77,7 +73,7 @@ def certificate_input(exp):
 
 
 def fold_ids(exp):
-    return [str(k) for k in range(int(EXPS[exp]["folds"]))]
+    return [str(k) for k in range(EXPS[exp].folds)]
 
 
 def all_outputs():

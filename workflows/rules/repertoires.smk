@@ -4,17 +4,16 @@
 
 def repertoire_inputs(exp):
     """The simulated folder, or the user's metadata.tsv and repertoire folder."""
-    block = spec(exp)
-    if "simulate" in EXPS[exp]:
+    if EXPS[exp].simulate is not None:
         return {"data": f"resources/{exp}/repertoires"}
-    return {"metadata": block["metadata"], "repertoires": block["repertoires"]}
+    return {"metadata": EXPS[exp].metadata, "repertoires": EXPS[exp].repertoires}
 
 
 rule simulate_repertoires:
     output:
         directory("resources/{exp}/repertoires"),
     params:
-        sim=lambda wc: json.dumps(EXPS[wc.exp]["simulate"]),
+        sim=simulate_params,
     log:
         "logs/{exp}/simulate_repertoires.log",
     wildcard_constraints:
@@ -33,7 +32,7 @@ rule encode_repertoires:
     output:
         "results/{exp}/store.h5",
     params:
-        spec=spec_json,
+        spec=step_spec("encode"),
     log:
         "logs/{exp}/encode.log",
     wildcard_constraints:
@@ -52,7 +51,7 @@ rule split_repertoires:
     output:
         "results/{exp}/splits.tsv",
     params:
-        spec=spec_json,
+        spec=step_spec("split"),
     log:
         "logs/{exp}/split.log",
     wildcard_constraints:
@@ -73,7 +72,7 @@ rule train_repertoires:
         predictions="results/{exp}/folds/{fold}/predictions.tsv",
         attention="results/{exp}/folds/{fold}/attention.tsv",
     params:
-        spec=spec_json,
+        spec=step_spec("train"),
         out="results/{exp}/folds/{fold}",
         ckpt="results/{exp}/checkpoints/{fold}",
     log:
@@ -98,7 +97,7 @@ rule train_repertoires_final:
     output:
         directory("results/{exp}/model"),
     params:
-        spec=spec_json,
+        spec=step_spec("train"),
         ckpt="results/{exp}/checkpoints/final",
     log:
         "logs/{exp}/train_final.log",
@@ -125,7 +124,7 @@ rule evaluate_repertoires:
         attention="results/{exp}/attention.tsv",
         metrics="results/{exp}/metrics.json",
     params:
-        spec=spec_json,
+        spec=step_spec("evaluate"),
     log:
         "logs/{exp}/evaluate.log",
     wildcard_constraints:

@@ -1,0 +1,399 @@
+"""The estimator for cells: fits a :class:`~biocls.models.CellNet` (shared encoder + factored or
+joint heads) with scikit-learn's contract, and saves and loads it as a model folder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import clone
+from torch import nn
+
+from biocls.estimators._base import NetEstimator
+from biocls.losses import PARTIAL_MODES, masked_cross_entropy, partial_label_loss
+from biocls.models import CellNet, FactoredHeads, JointHead, MixerEncoder, MLPEncoder, gene_modules
+from biocls.models._encoders import ENCODERS
+from biocls.models._heads import HEADS
+from biocls.train import Trainer, TrainHistory, resolve_device, run_signature, seed_everything
+
+__all__ = ["CellClassifier"]
+
+#: What the factored state head reads: the type-centred profile (see CellNet), or the profile.
+STATE_INPUTS = ("centred", "raw")
+
+
+class CellClassifier(NetEstimator):
+    """Predict cell type and cell state from preprocessed expression.
+
+    Parameters are stored untouched; :meth:`fit` validates them. ``head="factored"`` (default)
+    gives independent type and state heads; ``head="joint"`` one softmax over the type×state pairs
+    present in training. ``encoder`` is ``"mlp"`` or ``"mixer"`` (tokens are ``n_modules`` gene
+    modules found by k-means on the training cells).
+
+    The defaults are those of the workflow's config schema (``$defs.model_cells``), so that the
+    same experiment trains the same model from Python and from Snakemake.
+
+    Learned attributes: ``types_``, ``states_`` (label vocabularies), ``pairs_`` (joint head),
+    ``modules_`` (mixer), ``n_features_in_``, ``type_means_``, ``priors_``, ``net_``,
+    ``history_``; after :meth:`load` also ``meta_``.
+    """
+
+    KIND = "CellClassifier"
+    TASK = "cells"
+    FILE_KEYS = frozenset({"kind", "params", "types", "states", "n_features_in", "pairs",
+                           "modules", "history", "priors", "meta"})
+
+    def __init__(self, *, encoder: str = "mlp", head: str = "factored",
+                 hidden: Sequence[int] = (256, 128), dropout: float = 0.2,
+                 input_dropout: float = 0.5, n_modules: int = 32,
+                 mixer_dim: int = 64, mixer_depth: int = 2, lr: float = 1e-3,
+                 weight_decay: float = 1e-4, batch_size: int = 256, max_epochs: int = 60,
+                 patience: int = 10, state_weight: float = 1.0, state_input: str = "centred",
+                 early_stopping: str = "error", lr_decay: bool = True,
+                 device: str = "auto",
+                 seed: int = 0, progress: bool = True, state_mode: str = "single",
+                 partial_loss: str = "selective", gamma_pos: float = 0.0,
+                 gamma_neg: float = 1.0, gamma_unann: float = 2.0,
+                 priors: Sequence[float] | dict[str, float] | None = None,
+                 prior_threshold: float = 0.5, likelihood_topk: float = 0.5) -> None:
+        self.encoder = encoder
+        self.head = head
+        self.hidden = hidden
+        self.dropout = dropout
+        self.input_dropout = input_dropout
+        self.n_modules = n_modules
+        self.mixer_dim = mixer_dim
+        self.mixer_depth = mixer_depth
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.batch_size = batch_size
+        self.max_epochs = max_epochs
+        self.patience = patience
+        self.state_weight = state_weight
+        self.state_input = state_input
+        self.early_stopping = early_stopping
+        self.lr_decay = lr_decay
+        self.device = device
+        self.seed = seed
+        self.progress = progress
+        self.state_mode = state_mode
+        self.partial_loss = partial_loss
+        self.gamma_pos = gamma_pos
+        self.gamma_neg = gamma_neg
+        self.gamma_unann = gamma_unann
+        self.priors = priors
+        self.prior_threshold = prior_threshold
+        self.likelihood_topk = likelihood_topk
+
+    # -- fitting -------------------------------------------------------------------------------
+    def fit(self, X: np.ndarray, cell_type: Sequence[str], cell_state: Sequence[Any] | None = None,
+            *, X_val: np.ndarray | None = None, cell_type_val: Sequence[str] | None = None,
+            cell_state_val: Sequence[Any] | None = None,
+            checkpoint_dir: str | Path | None = None) -> CellClassifier:
+        """Fit on training cells; early-stop on the validation cells (whole held-back patients).
+
+        ``checkpoint_dir`` makes a killed fit resumable: a checkpoint there is resumed only by a
+        fit with the same parameters and data. It is an argument of the run, not of the model.
+        """
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"encoder must be one of {ENCODERS}, got {self.encoder!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.state_input not in STATE_INPUTS:
+            raise ValueError(f"state_input must be one of {STATE_INPUTS}, got {self.state_input!r}")
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        self.types_ = sorted(set(map(str, cell_type)))
+        multilabel = self._check_state_mode()
+        if multilabel:
+            self.states_, ys = _multilabel_codes(cell_state, len(X))
+            yt = self._codes(cell_type, self.types_)
+        else:
+            known = [] if cell_state is None else [s for s in cell_state if _known(s)]
+            self.states_ = sorted(set(map(str, known)))
+            yt = self._codes(cell_type, self.types_)
+            ys = self._codes(cell_state, self.states_, n=len(yt))
+        self.priors_ = self._fit_priors(X, cell_type, cell_state) if multilabel else None
+        if self.head == "joint":
+            if len(self.states_) < 1:
+                raise ValueError("the joint head needs cell_state labels")
+            ok = ys >= 0
+            self.pairs_ = sorted({(int(t), int(s)) for t, s in zip(yt[ok], ys[ok], strict=True)})
+        seed_everything(self.seed)
+        self.modules_ = (gene_modules(X, self.n_modules, seed=self.seed)
+                         if self.encoder == "mixer" else None)
+        self.n_features_in_ = X.shape[1]
+        self.type_means_ = None
+        if self.head == "factored" and self.state_input == "centred" and self.states_:
+            self.type_means_ = np.stack([X[yt == k].mean(0) for k in range(len(self.types_))])
+        self.net_ = self._build()
+        device = resolve_device(self.device)
+        Xt, Yt, Ys = torch.from_numpy(X), torch.from_numpy(yt), torch.from_numpy(ys)
+        if device.type == "cuda" and X.nbytes < 4 * 2**30:
+            # one copy up front instead of one per batch: the GPU otherwise waits on the host
+            Xt, Yt, Ys = Xt.to(device), Yt.to(device), Ys.to(device)
+        pair_of = self._pair_lookup() if self.head == "joint" else None
+        validate = None
+        if X_val is not None and len(X_val):
+            Xv = torch.from_numpy(np.ascontiguousarray(X_val, dtype=np.float32))
+            Yv = torch.from_numpy(self._codes(cell_type_val, self.types_, unknown_ok=True))
+            Sv = torch.from_numpy(
+                _multilabel_codes(cell_state_val, len(Yv), names=self.states_)[1] if multilabel
+                else self._codes(cell_state_val, self.states_, n=len(Yv), unknown_ok=True))
+
+            def validate(net: nn.Module) -> float:
+                total, wrong, n_s = 0.0, 0.0, 0
+                for i in range(0, len(Xv), 4096):
+                    out = net(Xv[i:i + 4096].to(device))
+                    yt, ys = Yv[i:i + 4096].to(device), Sv[i:i + 4096].to(device)
+                    total += float(self._loss(out, yt, ys, None, validation=True)) * len(yt)
+                    wrong += float(((out["cell_type"].argmax(1) != yt) & (yt >= 0)).sum())
+                    if "cell_state" in out and not multilabel:
+                        ok = ys >= 0
+                        wrong += float((out["cell_state"].argmax(1)[ok] != ys[ok]).sum())
+                        n_s += int(ok.sum())
+                loss = total / len(Xv)
+                if self.early_stopping == "loss":
+                    return loss
+                # error rate, with the loss only breaking ties: the loss keeps rising once the
+                # model grows confident, long before its errors stop falling
+                return wrong / (int((Yv >= 0).sum()) + n_s) + 1e-3 * loss
+
+        bs = self.batch_size
+
+        def batches(rng: np.random.Generator):
+            order = torch.from_numpy(rng.permutation(len(Xt))).to(Xt.device)
+            for i in range(0, len(order), bs):
+                idx = order[i:i + bs]
+                if len(idx) < 2:
+                    continue
+                yield Xt[idx].to(device), Yt[idx].to(device), Ys[idx].to(device)
+
+        def loss(net: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+            x, t, s = batch
+            return self._loss(net(x), t, s, pair_of)
+
+        trainer = Trainer(max_epochs=self.max_epochs, patience=self.patience, lr=self.lr,
+                          weight_decay=self.weight_decay, device=device, seed=self.seed,
+                          checkpoint_dir=checkpoint_dir, progress=self.progress,
+                          desc=f"{self.encoder}/{self.head}",
+                          plateau=max(1, self.patience // 3) if self.lr_decay else None)
+        self.history_: TrainHistory = trainer.fit(self.net_, batches=batches, loss=loss,
+                                                  validate=validate,
+                                                  signature=self._signature(X, yt, ys))
+        self.net_.to("cpu")
+        return self
+
+    def _signature(self, X: np.ndarray, yt: np.ndarray, ys: np.ndarray) -> str:
+        """A checkpoint resumes only a run with the same settings and training data."""
+        return run_signature(self._training_params(), X, yt, ys)
+
+    def _loss(self, out: dict[str, torch.Tensor], t: torch.Tensor, s: torch.Tensor,
+              pair_of: torch.Tensor | None, *, validation: bool = False) -> torch.Tensor:
+        if self.head == "joint" and pair_of is not None:
+            pair = torch.where(s >= 0, pair_of.to(t.device)[t, s.clamp_min(0)], -1)
+            # cells without a state still teach the type marginal
+            type_only = masked_cross_entropy(out["cell_type"], torch.where(s < 0, t, -1))
+            return masked_cross_entropy(out["pair"], pair) + type_only
+        value = masked_cross_entropy(out["cell_type"], t)
+        if "cell_state" in out:
+            value = value + self.state_weight * self._state_loss(out["cell_state"], s,
+                                                                 validation=validation)
+        return value
+
+    def _state_loss(self, logits: torch.Tensor, s: torch.Tensor, *,
+                    validation: bool = False) -> torch.Tensor:
+        """Softmax cross-entropy (single-label) or the partial-label loss (multi-label).
+
+        Validation always scores annotated entries only (``ignore``), so early stopping compares
+        epochs on labels that are known, whatever the training mode.
+        """
+        if self.state_mode != "multilabel":
+            return masked_cross_entropy(logits, s)
+        priors = getattr(self, "priors_", None)
+        return partial_label_loss(
+            logits, s, mode="ignore" if validation else self.partial_loss,
+            gamma_pos=self.gamma_pos, gamma_neg=self.gamma_neg, gamma_unann=self.gamma_unann,
+            priors=None if priors is None else torch.tensor(priors, device=logits.device),
+            prior_threshold=self.prior_threshold, likelihood_topk=self.likelihood_topk)
+
+    def _check_state_mode(self) -> bool:
+        if self.state_mode not in ("single", "multilabel"):
+            raise ValueError("state_mode must be 'single' or 'multilabel', "
+                             f"got {self.state_mode!r}")
+        if self.partial_loss not in PARTIAL_MODES:
+            raise ValueError(f"partial_loss must be one of {PARTIAL_MODES}, "
+                             f"got {self.partial_loss!r}")
+        if self.state_mode == "multilabel" and self.head != "factored":
+            raise ValueError("multi-label states need head='factored'")
+        return self.state_mode == "multilabel"
+
+    def _fit_priors(self, X: np.ndarray, cell_type: Sequence[str],
+                    cell_state: Any) -> list[float] | None:
+        """Class priors for the selective loss: supplied, or the mean prediction of a first model.
+
+        CSL estimates each label's prior as the average predicted probability of a model trained
+        with unknowns ignored; that first model is fitted here on the same cells.
+        """
+        if self.partial_loss != "selective":
+            return None
+        if self.priors is not None:
+            if isinstance(self.priors, dict):
+                missing = sorted(set(self.states_) - set(self.priors))
+                if missing:
+                    raise ValueError(f"priors lacks state label(s) {missing}")
+                return [float(self.priors[n]) for n in self.states_]
+            if len(self.priors) != len(self.states_):
+                raise ValueError(f"priors has {len(self.priors)} values for "
+                                 f"{len(self.states_)} state labels")
+            return [float(v) for v in self.priors]
+        first = clone(self).set_params(partial_loss="ignore", progress=False)
+        first.fit(X, cell_type, cell_state)
+        return first.predict_proba(X)["cell_state"].mean(0).astype(float).tolist()
+
+    def _pair_lookup(self) -> torch.Tensor:
+        table = torch.full((len(self.types_), len(self.states_)), -1, dtype=torch.long)
+        for k, (t, s) in enumerate(self.pairs_):
+            table[t, s] = k
+        return table
+
+    def _build(self) -> CellNet:
+        if self.encoder == "mixer":
+            enc: nn.Module = MixerEncoder(self.modules_, dim=self.mixer_dim,
+                                          depth=self.mixer_depth, dropout=self.dropout)
+        else:
+            enc = MLPEncoder(self.n_features_in_, self.hidden, self.dropout, self.input_dropout)
+        if self.head == "joint":
+            head: nn.Module = JointHead(enc.out_features, torch.tensor(self.pairs_),
+                                        len(self.types_), len(self.states_))
+        else:
+            head = FactoredHeads(enc.out_features, len(self.types_), len(self.states_))
+        means = None if self.type_means_ is None else torch.as_tensor(self.type_means_)
+        return CellNet(enc, head, means)
+
+    # -- prediction ----------------------------------------------------------------------------
+    def predict_proba(self, X: np.ndarray, *, batch_size: int = 8192) -> dict[str, np.ndarray]:
+        """Per-head class probabilities, columns ordered as ``types_`` / ``states_``.
+
+        The joint head also returns ``"pair"``: probabilities over ``pairs_``.
+        """
+        self._check_fitted()
+        X = np.asarray(X, dtype=np.float32)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features; the model was fitted on "
+                             f"{self.n_features_in_}")
+        device = resolve_device(self.device)
+        net = self.net_.to(device).eval()
+        parts: dict[str, list[np.ndarray]] = {}
+        with torch.no_grad():
+            for i in range(0, len(X), batch_size):
+                out = net(torch.from_numpy(X[i:i + batch_size]).to(device))
+                for k in ("cell_type", "cell_state", "pair"):
+                    if k in out:
+                        sigmoid = k == "cell_state" and self.state_mode == "multilabel"
+                        prob = out[k].sigmoid() if sigmoid else out[k].softmax(-1)
+                        parts.setdefault(k, []).append(prob.cpu().numpy())
+        self.net_.to("cpu")
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def predict(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """Labels per head; multi-label states give a ``[N, L]`` 0/1 array (threshold 0.5)."""
+        proba = self.predict_proba(X)
+        vocab = {"cell_type": self.types_, "cell_state": self.states_}
+        out = {k: np.asarray(vocab[k])[p.argmax(1)] for k, p in proba.items() if k in vocab}
+        if self.state_mode == "multilabel" and "cell_state" in proba:
+            out["cell_state"] = (proba["cell_state"] >= 0.5).astype(np.int8)
+        if "pair" in proba:
+            # the joint head names a trained pair, never a mix of two marginals' argmaxes
+            best = np.asarray(self.pairs_)[proba.pop("pair").argmax(1)]
+            out["cell_type"] = np.asarray(self.types_)[best[:, 0]]
+            out["cell_state"] = np.asarray(self.states_)[best[:, 1]]
+        return out
+
+    # -- persistence ---------------------------------------------------------------------------
+    def save(self, directory: str | Path, *, meta: dict[str, Any] | None = None) -> None:
+        """Write the model folder (``weights.pt``, ``model.json``); ``meta`` is the caller's
+        metadata, kept as it is and given back by :meth:`load` as ``meta_`` (``None`` keeps the
+        ``meta_`` of a loaded model)."""
+        self._check_fitted()
+        learned = {"types": self.types_, "states": self.states_,
+                   "n_features_in": self.n_features_in_, "pairs": getattr(self, "pairs_", None),
+                   "modules": self.modules_, "history": self.history_.as_dict(),
+                   "priors": getattr(self, "priors_", None)}
+        self._write(directory, learned, meta)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> CellClassifier:
+        """A fitted estimator from a folder written by :meth:`save`; its metadata is ``meta_``."""
+        state, info, meta = cls._read(directory)
+        self = cls(**{k: v for k, v in info["params"].items() if k != "progress"},
+                   progress=False)
+        self.types_, self.states_ = info["types"], info["states"]
+        self.n_features_in_ = info["n_features_in"]
+        self.modules_ = info["modules"]
+        n_means = (len(self.types_), self.n_features_in_)
+        self.type_means_ = np.zeros(n_means, np.float32) if "type_means" in state else None
+        if info.get("pairs") is not None:
+            self.pairs_ = [tuple(p) for p in info["pairs"]]
+        self.history_ = TrainHistory(**info["history"])
+        self.priors_ = info.get("priors")
+        self.meta_ = meta
+        self.net_ = self._build()
+        self.net_.load_state_dict(state)
+        self.net_.eval()
+        return self
+
+    @staticmethod
+    def _codes(labels: Sequence[Any] | None, vocab: list[str], *, n: int | None = None,
+               unknown_ok: bool = False) -> np.ndarray:
+        """Integer codes; unknown/missing labels (and, with ``unknown_ok``, unseen ones) → -1."""
+        if labels is None:
+            return np.full(n or 0, -1, dtype=np.int64)
+        index = {v: i for i, v in enumerate(vocab)}
+        out = np.empty(len(labels), dtype=np.int64)
+        for i, v in enumerate(labels):
+            if not _known(v):
+                out[i] = -1
+            elif str(v) in index:
+                out[i] = index[str(v)]
+            elif unknown_ok:
+                out[i] = -1
+            else:  # pragma: no cover - vocab is built from these labels
+                raise ValueError(f"label {v!r} not in vocabulary")
+        return out
+
+
+def _known(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and np.isnan(v)) and str(v) != ""
+
+
+def _multilabel_codes(labels: Any, n: int, *,
+                      names: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """``[N, L]`` int64 targets (1 present, 0 absent, -1 unknown) from a 1/0/NaN table.
+
+    ``labels`` is a DataFrame (its columns name the labels) or a 2-D array; ``None`` means all
+    unknown (then ``names`` is required). With ``names`` the columns are taken in that order.
+    """
+    import pandas as pd
+
+    if labels is None:
+        if names is None:
+            raise ValueError("multi-label states need a table of state labels")
+        return list(names), np.full((n, len(names)), -1, dtype=np.int64)
+    frame = labels if isinstance(labels, pd.DataFrame) else pd.DataFrame(
+        np.asarray(labels, dtype=float), columns=list(names) if names is not None else None)
+    if names is None:
+        names = [str(c) for c in frame.columns]
+    frame = frame.rename(columns=str)[list(names)]
+    try:
+        values = frame.astype(float).to_numpy()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"state labels must be 1, 0 or NaN ({e})") from None
+    bad = ~np.isnan(values) & ~np.isin(values, (0.0, 1.0))
+    if bad.any():
+        raise ValueError(f"state labels must be 1, 0 or NaN; found {values[bad][:3].tolist()}")
+    if values.shape[0] != n:
+        raise ValueError(f"state label table has {values.shape[0]} rows for {n} cells")
+    return list(names), np.where(np.isnan(values), -1, values).astype(np.int64)

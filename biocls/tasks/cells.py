@@ -1,0 +1,437 @@
+"""The single-cell task (``task: cells``): load, fit, predict, save and score cells.
+
+Everything patient-grouped (fold planning, writing, gathering) is the runner's
+(:mod:`biocls.tasks._runner`); this module only knows cells: QC per patient, preprocessing fitted
+on the fit patients, the factored model with its joint and logistic-regression baselines.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+
+from biocls import columns as C
+from biocls._errors import BioclsError
+from biocls._io import atomic_path, write_json
+from biocls.config import CellExperiment, to_dict
+from biocls.data import check_values, read_cells, validate_cells
+from biocls.estimators import CellClassifier
+from biocls.evaluate import (
+    classification_metrics,
+    confusion_tables,
+    known_mask,
+    multilabel_metrics,
+    patient_details,
+)
+from biocls.splits import FoldPlan
+from biocls.tasks._protocol import FoldResult
+
+__all__ = ["CellModelBundle", "CellsTask", "load_cell_model"]
+
+log = logging.getLogger(__name__)
+
+#: canonical obs columns of the multi-label states named by keys.state_labels: 1.0 / 0.0 / NaN
+STATE_PREFIX = "biocls_annotated:"
+#: the model options a certificate's RATT model leaves out (multi-label states are not certified)
+PARTIAL_LOSS_KEYS = ("partial_loss", "gamma_pos", "gamma_neg", "gamma_unann", "priors",
+                     "prior_threshold", "likelihood_topk")
+
+
+@dataclass
+class CellFit:
+    """What one fold fitted: the preprocessing, the factored model and the baselines."""
+
+    preprocessor: Any
+    factored: CellClassifier
+    joint: CellClassifier | None
+    X_fit: np.ndarray
+    obs_fit: pd.DataFrame
+    info: dict[str, Any]
+
+
+@dataclass
+class CellModelBundle:
+    """A final model as ``biocls predict`` uses it: classifier, preprocessing, where from."""
+
+    classifier: CellClassifier
+    preprocessor: Any
+    path: str
+
+
+class CellsTask:
+    """:class:`~biocls.tasks.Task` for single cells."""
+
+    name: ClassVar[str] = "cells"
+    items: ClassVar[str] = "cells"
+    tables: ClassVar[tuple[str, ...]] = ("predictions",)
+    encoded: ClassVar[bool] = False
+    patient_labels: ClassVar[bool] = False
+
+    # -- data ------------------------------------------------------------------------------
+    def load(self, exp: CellExperiment, *, store: Path | None = None) -> ad.AnnData:
+        """Read and validate ``exp.input``, then QC per patient (see :meth:`prepare`)."""
+        if not exp.input:
+            raise BioclsError("`input` is not set", where=f"experiments.{exp.name}",
+                              fix="set input: (or a simulate:/example: block)")
+        adata = read_cells(exp.input, keys=self._keys(exp), pseudo_patients=exp.pseudo_patients,
+                           seed=exp.seed)
+        return self._finish(exp, adata, source=str(exp.input))
+
+    def prepare(self, exp: CellExperiment, adata: ad.AnnData) -> ad.AnnData:
+        """The same checks and QC as :meth:`load`, for an AnnData in memory (modified)."""
+        validate_cells(adata, keys=self._keys(exp), pseudo_patients=exp.pseudo_patients,
+                       seed=exp.seed, source="adata")
+        return self._finish(exp, adata, source="adata")
+
+    @staticmethod
+    def _keys(exp: CellExperiment) -> dict[str, str | None]:
+        return {"cell_type": exp.keys.cell_type, "cell_state": exp.keys.cell_state,
+                "patient": exp.keys.patient}
+
+    def _finish(self, exp: CellExperiment, adata: ad.AnnData, *, source: str) -> ad.AnnData:
+        from biocls.preprocess import filter_outliers
+
+        _read_state_labels(adata, exp, source)
+        return filter_outliers(adata, nmads=exp.preprocess.nmads, groupby="biocls_patient",
+                               source=source)
+
+    def patients(self, data: ad.AnnData) -> np.ndarray:
+        return data.obs["biocls_patient"].to_numpy()
+
+    def strata(self, data: ad.AnnData) -> np.ndarray:
+        return data.obs["biocls_cell_type"].to_numpy()
+
+    # -- fit / predict ---------------------------------------------------------------------
+    def fit(self, exp: CellExperiment, data: ad.AnnData, plan: FoldPlan, *,
+            checkpoint_dir: Path | None = None) -> CellFit:
+        """Preprocessing and models on the fit patients; early stopping on the validation ones.
+
+        Cells of ``unseen_combinations`` never train. A final fit trains the factored model
+        only; a fold also trains the joint head (when there are states).
+        """
+        from biocls.preprocess import CellPreprocessor
+
+        obs = data.obs
+        fit_m, val_m, test_m = plan.masks(self.patients(data))
+        unseen = _unseen_mask(obs, exp)
+        fit_m, val_m = fit_m & ~unseen, val_m & ~unseen
+        log.info("fold %s: %d fit cells, %d validation cells, %d test cells, %d cells of unseen "
+                 "combinations withheld from training", plan.fold, fit_m.sum(), val_m.sum(),
+                 test_m.sum(), int((unseen & ~test_m).sum()))
+        # QC already ran per patient in load(), so the preprocessor does not filter again
+        pp = exp.preprocess
+        pre = CellPreprocessor(nmads=None, n_top_genes=pp.n_top_genes, target_sum=pp.target_sum,
+                               max_value=pp.max_value)
+        pre.fit(data[fit_m])
+        X_fit, X_val = pre.transform(data[fit_m]), pre.transform(data[val_m])
+        o_fit, o_val = obs[fit_m], obs[val_m]
+        names = list(exp.keys.state_labels)
+
+        def fit_model(head: str) -> CellClassifier:
+            model = classifier(exp, head=head)
+            return model.fit(X_fit, _labels(o_fit, "cell_type", names),
+                             _labels(o_fit, "cell_state", names),
+                             X_val=X_val, cell_type_val=_labels(o_val, "cell_type", names),
+                             cell_state_val=_labels(o_val, "cell_state", names),
+                             checkpoint_dir=checkpoint_dir / head if checkpoint_dir else None)
+
+        factored = fit_model("factored")
+        joint = fit_model("joint") if not plan.final and _has_state(obs) else None
+        info = {"preprocess": _preprocess_summary(pre, data),
+                "history": factored.history_.as_dict()}
+        return CellFit(pre, factored, joint, X_fit, o_fit, info)
+
+    def predict(self, exp: CellExperiment, fitted: CellFit, data: ad.AnnData,
+                plan: FoldPlan) -> FoldResult:
+        """The held-out cells' predictions by the factored model, the joint head and the
+        logistic regression, side by side (columns: :mod:`biocls.columns`)."""
+        test_m = plan.masks(self.patients(data))[2]
+        X_test, o_test = fitted.preprocessor.transform(data[test_m]), data.obs[test_m]
+        factored, names, seed = fitted.factored, list(exp.keys.state_labels), exp.seed
+        has_state = _has_state(data.obs)
+        proba = factored.predict_proba(X_test)
+        pred = pd.DataFrame({C.CELL_ID: o_test.index.astype(str),
+                             C.PATIENT: o_test["biocls_patient"], C.FOLD: int(plan.fold),
+                             C.true_col(C.CELL_TYPE): o_test["biocls_cell_type"]})
+        if has_state:
+            pred[C.true_col(C.CELL_STATE)] = o_test["biocls_cell_state"].to_numpy(dtype=object)
+        vocab = {C.CELL_TYPE: factored.types_, C.CELL_STATE: factored.states_}
+        if names:
+            logreg = _logreg_multilabel(fitted.X_fit, _state_table(fitted.obs_fit, names),
+                                        X_test, seed)
+            _multilabel_columns(pred, o_test, names, proba.pop(C.CELL_STATE), logreg)
+        for head, p in proba.items():
+            pred[C.pred_col(head)] = np.asarray(vocab[head])[p.argmax(1)]
+            pred[C.confidence_col(head)] = p.max(1)
+        if fitted.joint is not None:
+            joint = fitted.joint.predict(X_test)
+            for head in C.HEADS:
+                pred[C.pred_col(head, "joint")] = joint[head]
+        for head in C.HEADS if has_state else C.HEADS[:1]:
+            pred[C.pred_col(head, "logreg")] = _logreg(
+                fitted.X_fit, _labels(fitted.obs_fit, head, names), X_test, seed)
+        for head, p in proba.items():
+            for j, cls in enumerate(vocab[head]):
+                pred[C.prob_col(head, cls)] = p[:, j]
+        return FoldResult({"predictions": pred}, dict(fitted.info))
+
+    def save(self, exp: CellExperiment, fitted: CellFit, data: ad.AnnData, plan: FoldPlan,
+             directory: Path) -> None:
+        """The final model folder: weights + vocabularies, the fitted preprocessing, its info."""
+        fitted.factored.save(directory, meta={"spec_name": exp.name, "keys": to_dict(exp.keys)})
+        fitted.preprocessor.save(directory / "preprocess")
+        write_json(directory / "train_info.json", {**plan.as_dict(), **fitted.info})
+
+    # -- metrics ---------------------------------------------------------------------------
+    def metrics(self, exp: CellExperiment, tables: dict[str, pd.DataFrame],
+                infos: list[dict[str, Any]]) -> dict[str, Any]:
+        """``metrics.json`` (DESIGN §4b) plus every number the report shows: ``confusion``
+        (:func:`~biocls.evaluate.confusion_tables`) and ``patient_details``."""
+        pred = tables["predictions"]
+        heads = [h for h in C.HEADS if C.true_col(h) in pred]
+        metrics: dict[str, Any] = {"task": "cells", "experiment": exp.name,
+                                   "n_patients": int(pred[C.PATIENT].nunique()),
+                                   "n_cells": int(len(pred)), "folds": len(infos),
+                                   "baselines": {"joint": {}, "logreg": {}}}
+        for h in heads:
+            true = pred[C.true_col(h)]
+            metrics[h] = classification_metrics(true, pred[C.pred_col(h)])
+            for base in ("joint", "logreg"):
+                col = C.pred_col(h, base)
+                if col in pred:
+                    metrics["baselines"][base][h] = classification_metrics(true, pred[col])
+            metrics[h]["by_fold"] = [
+                classification_metrics(g[C.true_col(h)], g[C.pred_col(h)])["macro_f1"]
+                for _, g in pred.groupby(C.FOLD)]
+        names = C.state_labels(pred.columns)
+        if names:
+            metrics["state_labels"] = names
+            metrics["cell_state"] = _multilabel_metrics(pred, names, "factored")
+            metrics["baselines"]["logreg"]["cell_state"] = _multilabel_metrics(pred, names,
+                                                                               "logreg")
+        per_patient: dict[str, Any] = {}
+        for p, g in pred.groupby(C.PATIENT):
+            entry: dict[str, Any] = {"fold": int(g[C.FOLD].iloc[0]), "n_cells": int(len(g))}
+            for h in heads:
+                entry[h] = classification_metrics(g[C.true_col(h)], g[C.pred_col(h)])
+            if names:
+                entry["cell_state"] = _multilabel_metrics(g, names, "factored")
+            per_patient[str(p)] = entry
+        metrics["per_patient"] = per_patient
+        metrics["unseen_combinations"] = _unseen_report(pred, exp)
+        metrics["confusion"] = confusion_tables(pred)
+        metrics["patient_details"] = patient_details(pred)
+        if infos and infos[0].get("preprocess"):  # every fold preprocesses alike
+            metrics["preprocess"] = infos[0]["preprocess"]
+        if exp.pseudo_patients:
+            metrics["pseudo_groups"] = (
+                f"single donor split into {exp.pseudo_patients} random pseudo-patients: "
+                "folds measure within-donor generalisation, optimistic for new patients")
+        return metrics
+
+    def attach(self, exp: CellExperiment, metrics: dict[str, Any], out_dir: Path) -> None:
+        """Nothing beyond the gathered predictions (the certificate is merged by the runner)."""
+
+    # -- new data --------------------------------------------------------------------------
+    def annotate(self, bundle: CellModelBundle, adata: ad.AnnData) -> None:
+        """Write the model's calls into ``adata.obs`` (see :func:`biocls.tl.annotate`)."""
+        model = bundle.classifier
+        check_values(adata.X, where="adata: X")
+        proba = model.predict_proba(bundle.preprocessor.transform(adata))
+        vocab = {C.CELL_TYPE: model.types_, C.CELL_STATE: model.states_}
+        if model.state_mode == "multilabel" and C.CELL_STATE in proba:
+            # one probability per state label; a cell may carry several states or none
+            for j, name in enumerate(model.states_):
+                adata.obs[f"biocls_state:{name}"] = proba[C.CELL_STATE][:, j].astype(np.float32)
+            del proba[C.CELL_STATE]
+        for head, p in proba.items():
+            adata.obs[f"biocls_{head}"] = pd.Categorical(np.asarray(vocab[head])[p.argmax(1)])
+            adata.obs[f"biocls_{head}_confidence"] = p.max(1).astype(np.float32)
+        adata.uns["biocls_predict"] = {"params": {
+            "model": bundle.path, "experiment": model.meta_.get("spec_name")}}
+
+    def predict_file(self, model_dir: Path, input: Path, output: Path) -> None:  # noqa: A002
+        """``biocls predict`` on an ``.h5ad``: annotate it and write it atomically."""
+        bundle = load_cell_model(model_dir)
+        input, output = Path(input), Path(output)
+        if input.suffix != ".h5ad":
+            raise BioclsError(f"expected an .h5ad file, got '{input.suffix or 'no suffix'}'",
+                              where=str(input), fix="pass an AnnData .h5ad to --input")
+        try:
+            adata = ad.read_h5ad(input)
+        except Exception as e:
+            raise BioclsError(f"not a readable .h5ad ({type(e).__name__})", where=str(input),
+                              fix="write it with anndata's write_h5ad") from None
+        if adata.n_obs == 0 or adata.n_vars == 0:
+            raise BioclsError(f"X has {adata.n_obs} cells and {adata.n_vars} genes",
+                              where=f"{input}: X", fix="supply at least one cell and one gene")
+        check_values(adata.X, where=f"{input}: X")
+        self.annotate(bundle, adata)
+        with atomic_path(output) as tmp:
+            adata.write_h5ad(tmp)
+
+
+def classifier(exp: CellExperiment, *, head: str = "factored",
+               drop: tuple[str, ...] = ()) -> CellClassifier:
+    """The estimator an experiment's ``model:`` block describes (one place for all callers)."""
+    params = {k: v for k, v in to_dict(exp.model).items() if k not in drop}
+    params["hidden"] = tuple(params["hidden"])
+    if exp.keys.state_labels and "partial_loss" not in drop:
+        params["state_mode"] = "multilabel"
+    return CellClassifier(head=head, seed=exp.seed, progress=exp.progress, **params)
+
+
+def load_cell_model(model_dir: str | Path) -> CellModelBundle:
+    """A final model folder (``results/<exp>/model``) with its fitted preprocessing."""
+    from biocls.preprocess import CellPreprocessor
+
+    model_dir = Path(model_dir)
+    return CellModelBundle(CellClassifier.load(model_dir),
+                           CellPreprocessor.load(model_dir / "preprocess"), str(model_dir))
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _has_state(obs: pd.DataFrame) -> bool:
+    return "biocls_cell_state" in obs and bool(known_mask(obs["biocls_cell_state"]).any())
+
+
+def _labels(o: pd.DataFrame, head: str, state_names: list[str]) -> Any:
+    if head == C.CELL_STATE and state_names:
+        return _state_table(o, state_names)
+    col = f"biocls_{head}"
+    return o[col].to_numpy(dtype=object) if col in o else None
+
+
+def _read_state_labels(adata: ad.AnnData, exp: CellExperiment, where: str) -> None:
+    """Validate ``keys.state_labels`` columns (1/0/NaN) into ``obs["biocls_annotated:<name>"]``.
+
+    Missing values stay unknown (NaN); they are never turned into negatives. Booleans count as
+    1/0. Anything else is a one-line error naming the column and the offending value.
+    """
+    names = list(exp.keys.state_labels)
+    if not names:
+        return
+    if exp.keys.cell_state:
+        raise BioclsError("keys.cell_state and keys.state_labels are both set", where=where,
+                          fix="use cell_state for one state per cell, or state_labels for "
+                              "several yes/no/unknown state columns, not both")
+    for name in names:
+        if name not in adata.obs.columns:
+            have = ", ".join(map(str, list(adata.obs.columns)[:12]))
+            raise BioclsError(f"obs has no column '{name}' (keys.state_labels); it has: {have}",
+                              where=where, fix="list existing obs columns under state_labels")
+        col = adata.obs[name]
+        values = pd.to_numeric(col.astype(object).map(
+            lambda v: float(v) if isinstance(v, (bool, np.bool_)) else v), errors="coerce")
+        bad = (col.notna() & values.isna()) | (values.notna() & ~values.isin([0.0, 1.0]))
+        if bad.any():
+            raise BioclsError(f"obs column '{name}' (keys.state_labels) holds {col[bad].iloc[0]!r} "
+                              f"for {int(bad.sum())} cells", where=where,
+                              fix="use 1 (present), 0 (absent) or NaN (not annotated)")
+        adata.obs[STATE_PREFIX + name] = values.astype(float).to_numpy()
+    known = np.mean([adata.obs[STATE_PREFIX + n].notna().mean() for n in names])
+    log.info("%d state labels, %.0f%% of entries annotated", len(names), 100 * known)
+
+
+def _state_table(o: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({n: o[STATE_PREFIX + n].to_numpy(dtype=float) for n in names},
+                        index=o.index)
+
+
+def _unseen_mask(obs: pd.DataFrame, exp: CellExperiment) -> np.ndarray:
+    """Cells of the type×state pairs the config holds out of every training set."""
+    mask = np.zeros(obs.shape[0], dtype=bool)
+    if "biocls_cell_state" not in obs:
+        return mask
+    for t, s in exp.unseen_combinations:
+        mask |= ((obs["biocls_cell_type"] == str(t))
+                 & (obs["biocls_cell_state"] == str(s))).to_numpy()
+    return mask
+
+
+def _preprocess_summary(pre: Any, adata: ad.AnnData) -> dict[str, Any]:
+    note = ("raw counts: normalize_total + log1p, then highly variable genes and scaling fitted "
+            "on training patients" if pre.raw_counts_ else
+            "input is already normalised (X is not integer counts): normalize_total/log1p skipped;"
+            " highly variable genes and scaling fitted on training patients")
+    qc = adata.uns.get("biocls_qc", {})
+    return {"raw_counts": bool(pre.raw_counts_), "n_genes_in": len(pre.genes_),
+            "n_hvg": len(pre.hvg_), "note": note,
+            "qc_removed": int(sum(qc.get("n_removed", {}).values())) if qc else 0}
+
+
+def _multilabel_columns(pred: pd.DataFrame, o_test: pd.DataFrame, names: list[str],
+                        proba: np.ndarray, logreg: np.ndarray) -> None:
+    """Per state label: true (1/0/empty), predicted (0/1) and probabilities."""
+    for j, name in enumerate(names):
+        pred[C.true_state_col(name)] = o_test[STATE_PREFIX + name].to_numpy(dtype=float)
+        pred[C.pred_state_col(name)] = (proba[:, j] >= 0.5).astype(int)
+        pred[C.prob_state_col(name)] = proba[:, j]
+        pred[C.prob_state_col(name, "logreg")] = logreg[:, j]
+
+
+def _logreg_multilabel(X: np.ndarray, y: pd.DataFrame, X_test: np.ndarray,
+                       seed: int) -> np.ndarray:
+    """One logistic regression per state label, fitted on the cells where it is annotated."""
+    from sklearn.linear_model import LogisticRegression
+
+    out = np.full((len(X_test), y.shape[1]), np.nan)
+    for j, name in enumerate(y.columns):
+        ok = y[name].notna().to_numpy()
+        yj = y[name].to_numpy()[ok].astype(int)
+        if len(np.unique(yj)) < 2:
+            out[:, j] = float(yj[0]) if len(yj) else np.nan
+            continue
+        clf = LogisticRegression(C=1.0, max_iter=300, random_state=seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.fit(X[ok], yj)
+        out[:, j] = clf.predict_proba(X_test)[:, 1]
+    return out
+
+
+def _logreg(X: np.ndarray, y: np.ndarray, X_test: np.ndarray, seed: int) -> np.ndarray:
+    """CellTypist's method: multinomial logistic regression on the same features."""
+    from sklearn.linear_model import LogisticRegression
+
+    ok = known_mask(y)
+    clf = LogisticRegression(C=1.0, max_iter=300, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # convergence warnings on tiny folds
+        clf.fit(X[ok], np.asarray(y[ok]).astype(str))
+    return clf.predict(X_test)
+
+
+def _multilabel_metrics(pred: pd.DataFrame, names: list[str], model: str) -> dict[str, Any]:
+    true = pred[[C.true_state_col(n) for n in names]].to_numpy(dtype=float)
+    score = pred[[C.prob_state_col(n, model) for n in names]].to_numpy(dtype=float)
+    return multilabel_metrics(true, score, names=names)
+
+
+def _unseen_report(pred: pd.DataFrame, exp: CellExperiment) -> list[dict[str, Any]]:
+    """Per held-out type×state pair: the fraction of its cells each model gets both right."""
+    rows: list[dict[str, Any]] = []
+    if C.true_col(C.CELL_STATE) not in pred:
+        return rows
+    for t, s in exp.unseen_combinations:
+        m = (pred[C.true_col(C.CELL_TYPE)].astype(str) == str(t)) & \
+            (pred[C.true_col(C.CELL_STATE)].astype(str) == str(s))
+        g = pred[m]
+        row: dict[str, Any] = {"cell_type": str(t), "cell_state": str(s), "n_cells": int(m.sum())}
+        for name in C.MODELS:
+            if len(g) and C.pred_col(C.CELL_STATE, name) in g:
+                both = (g[C.pred_col(C.CELL_TYPE, name)].astype(str) == str(t)) & \
+                       (g[C.pred_col(C.CELL_STATE, name)].astype(str) == str(s))
+                row[f"{name}_both_correct"] = float(both.mean())
+            else:
+                row[f"{name}_both_correct"] = float("nan")
+        rows.append(row)
+    return rows

@@ -1,0 +1,108 @@
+"""The Python API, in scanpy's style: what a notebook user calls, and what the CLI verbs wrap.
+
+>>> import biocls
+>>> cv = biocls.tl.cross_validate(adata, keys={"cell_type": "cell_type",
+...                               "cell_state": "cell_state", "patient": "donor"}, folds=4)
+>>> cv.metrics["cell_type"]["macro_f1"], cv.predictions.head()
+>>> biocls.tl.annotate(new_adata, "results/my_cells/model")   # adds obs["biocls_cell_type"], ...
+
+Every option is a key of the experiment config (README, "Your own data"; defaults in
+:mod:`biocls.config`), checked by the same loader as the workflow's, so a typo is an error naming
+the nearest valid key and an experiment trains alike from Python and from Snakemake.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import anndata as ad
+import pandas as pd
+
+from biocls.config import CellExperiment, RepertoireExperiment, parse_experiment
+from biocls.tasks import CVResult
+from biocls.tasks import cross_validate as run_cv
+
+__all__ = ["annotate", "cross_validate", "cross_validate_repertoires", "score_repertoires"]
+
+
+def cross_validate(adata: ad.AnnData, *, keys: Mapping[str, Any] | None = None, folds: int = 5,
+                   seed: int = 0, progress: bool = False, **config: Any) -> CVResult:
+    """Patient-grouped cross-validation of the factored model (and its baselines), in memory.
+
+    ``keys`` names the ``obs`` columns (``cell_type``, ``patient``, optional ``cell_state``);
+    ``config`` takes any other experiment key (``preprocess={...}``, ``model={...}``,
+    ``unseen_combinations=[...]``, ``pseudo_patients=N``). Preprocessing is fitted on each fold's
+    training patients only, exactly as ``snakemake`` does it. ``adata`` is not modified.
+
+    Returns a :class:`~biocls.tasks.CVResult`: ``predictions`` (one row per cell, the columns of
+    ``predictions.tsv``), ``metrics`` (``metrics.json``), ``splits`` (patient → fold).
+    """
+    from biocls.tasks.cells import CellsTask
+
+    exp = parse_experiment({"task": "cells", "keys": dict(keys or {}), "folds": folds,
+                            "seed": seed, "progress": progress, **config},
+                           name="cross_validate", source="biocls.tl.cross_validate",
+                           partial=True)
+    assert isinstance(exp, CellExperiment)
+    task = CellsTask()
+    return run_cv(task, exp, task.prepare(exp, adata.copy()))
+
+
+def annotate(adata: ad.AnnData, model: str | Path | Any, *, copy: bool = False
+             ) -> ad.AnnData | None:
+    """Annotate cells with a final model (``results/<exp>/model``, or one loaded from it).
+
+    Writes into ``adata.obs``: ``biocls_cell_type`` and ``biocls_cell_type_confidence``;
+    ``biocls_cell_state`` and ``biocls_cell_state_confidence`` for a single-label state model,
+    or one ``biocls_state:<label>`` probability per label for a multi-label one. Records the
+    model and its experiment in ``adata.uns["biocls_predict"]["params"]``. Genes are matched by
+    name; missing ones are zero-filled with a warning. Returns a copy with ``copy=True``.
+    """
+    from biocls.tasks.cells import CellsTask, load_cell_model
+
+    bundle = load_cell_model(model) if isinstance(model, (str, Path)) else model
+    target = adata.copy() if copy else adata
+    CellsTask().annotate(bundle, target)
+    return target if copy else None
+
+
+def cross_validate_repertoires(metadata: str | Path, repertoires: str | Path, *,
+                               keys: Mapping[str, Any] | None = None, folds: int = 5,
+                               seed: int = 0, progress: bool = False,
+                               **config: Any) -> CVResult:
+    """Subject-grouped cross-validation of the MIL model and the k-mer baseline, in memory.
+
+    ``metadata`` is the one-row-per-repertoire TSV, ``repertoires`` the folder of
+    ``<repertoire_id>.tsv`` files; ``config`` takes any other experiment key (``model={...}``,
+    ``baseline={...}``, ``positive_label``). The sequences are encoded once into a temporary
+    store, as ``biocls encode`` does. ``predictions`` has one row per repertoire; the
+    ``attention`` table (``CVResult.tables``) the most-attended sequences.
+    """
+    from biocls.tasks.repertoires import RepertoiresTask
+
+    exp = parse_experiment({"task": "repertoires", "metadata": str(metadata),
+                            "repertoires": str(repertoires), "keys": dict(keys or {}),
+                            "folds": folds, "seed": seed, "progress": progress, **config},
+                           name="cross_validate",
+                           source="biocls.tl.cross_validate_repertoires")
+    assert isinstance(exp, RepertoireExperiment)
+    task = RepertoiresTask()
+    with tempfile.TemporaryDirectory(prefix="biocls-cv-") as tmp:
+        store = Path(tmp) / "store.h5"
+        task.encode(exp, store)
+        data = task.load(exp, store=store)
+        try:
+            return run_cv(task, exp, data)
+        finally:
+            data.close()
+
+
+def score_repertoires(model: str | Path, repertoires: str | Path) -> pd.DataFrame:
+    """Probability of the positive class for every repertoire file in a folder (AIRR or DeepRC
+    columns), from a final model: a frame with ``repertoire_id`` and ``probability``."""
+    from biocls.tasks.repertoires import score_folder
+
+    return score_folder(Path(model), Path(repertoires))
