@@ -36,7 +36,7 @@ from biocls.estimators import CellClassifier
 from biocls.evaluate import multilabel_metrics
 from biocls.preprocess import CellPreprocessor
 from biocls.simulate import simulate_cells
-from biocls.splits import validation_patients
+from biocls.splits import plan_fold
 
 EXCLUSIVE = ("activated", "damaged", "malignant")
 LABELS = EXCLUSIVE + ("cycling",)
@@ -65,11 +65,13 @@ def run(args: argparse.Namespace) -> pd.DataFrame:
                           for s in EXCLUSIVE}, index=obs.index)
     truth["cycling"] = obs["cycling"].to_numpy(dtype=float)
     uniq = sorted(set(patients))
-    test_p = uniq[-args.test_patients:]
-    train_p = uniq[:-args.test_patients]
-    val_p = validation_patients(train_p, fraction=0.2, seed=0)
-    fit_p = sorted(set(train_p) - set(val_p))
-    fit_m, val_m, test_m = (np.isin(patients, p) for p in (fit_p, val_p, test_p))
+    # one fold: the last patients are tested; the workflow's rule picks the validation patients
+    fold_of = {p: int(i >= len(uniq) - args.test_patients) for i, p in enumerate(uniq)}
+    plan = plan_fold(fold_of, 1, patients, validation_fraction=0.2, seed=0,
+                     source="partial_labels")
+    fit_p, val_p, test_p = plan.fit, plan.validation, plan.test
+    train_p = sorted(fit_p + val_p)
+    fit_m, val_m, test_m = plan.masks(patients)
     pre = CellPreprocessor(nmads=None, n_top_genes=args.hvg).fit(adata[fit_m])
     X_fit, X_val, X_test = (pre.transform(adata[m]) for m in (fit_m, val_m, test_m))
     types = obs["cell_type"].astype(str).to_numpy()

@@ -13,7 +13,8 @@ Sets (OLGA human TRB background, ``biocls[simulate]``), cached under ``--cache``
   occur exactly in OLGA's background, so exact-match counting knowing the motifs reaches ~0.99;
 * hard_common (not run by default): as hard, with motifs of commoner residues (AMGE, QHXSL).
 
-Runs the same verbs as the workflow (encode → split → train per fold → evaluate) and prints, per
+Runs the same steps as the workflow (encode → split → train per fold → evaluate, through
+``biocls.tasks``) and prints, per
 set and pooling: mean ± sd of the per-fold ROC AUC (model and k-mer baseline) and motif recovery —
 the share of witnesses (truth.tsv) among the 100 highest-scored attended sequences of the positive
 held-out repertoires. Not a test: it prints figures.
@@ -30,8 +31,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from biocls.pipelines import repertoires as R
+from biocls.config import parse_experiment
 from biocls.simulate import simulate_repertoires
+from biocls.tasks import evaluate, get_task, split, train
+from biocls.train import set_threads
 
 SETS = {
     "easy": dict(n_subjects=120, n_sequences=5000, witness_rate=0.005, motifs=["SAKL"],
@@ -83,34 +86,37 @@ def main() -> int:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     print("# command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    set_threads(args.threads)  # as `biocls train --threads` does
     rows = []
+    task = get_task("repertoires")
     for name in args.sets.split(","):
         data = dataset(args.cache, name)
         work = args.work / name
         base = {"name": name, "task": "repertoires", "metadata": str(data / "metadata.tsv"),
                 "repertoires": str(data / "repertoires"), "keys": KEYS, "folds": 5, "seed": 0}
         if not (work / "store.h5").exists():
-            R.encode(base, work / "store.h5")
+            task.encode(parse_experiment(base), work / "store.h5")
         if not (work / "splits.tsv").exists():
-            R.split(base, work / "splits.tsv")
+            split(task, parse_experiment(base), work / "splits.tsv")
         truth = pd.read_csv(data / "truth.tsv", sep="\t")
         for pooling in args.poolings.split(","):
-            spec = {**base, "model": {"pooling": pooling, "threads": args.threads,
-                                      **json.loads(args.model)},
-                    "baseline": json.loads(args.baseline)}
+            exp = parse_experiment({**base, "model": {"pooling": pooling, "threads": args.threads,
+                                                      **json.loads(args.model)},
+                                    "baseline": json.loads(args.baseline)})
             folds = work / pooling / "folds"
             t = time.time()
             for k in range(args.folds):
                 if not (folds / str(k) / "predictions.tsv").exists():
-                    R.train_fold(spec, store=work / "store.h5", splits=work / "splits.tsv",
-                                 fold=str(k), out_dir=folds / str(k))
+                    train(task, exp, store=work / "store.h5", splits=work / "splits.tsv",
+                          fold=str(k), out_dir=folds / str(k),
+                          checkpoint_dir=work / pooling / "checkpoints" / str(k))
             secs = time.time() - t
             splits = work / "splits.tsv"
             if args.folds < 5:  # evaluate the folds that ran
                 sp = pd.read_csv(splits, sep="\t")
                 splits = work / pooling / "splits_subset.tsv"
                 sp[sp["fold"] < args.folds].to_csv(splits, sep="\t", index=False)
-            R.evaluate(spec, splits=splits, folds_dir=folds, out_dir=work / pooling)
+            evaluate(task, exp, splits=splits, folds_dir=folds, out_dir=work / pooling)
             m = json.loads((work / pooling / "metrics.json").read_text())
             pred = pd.read_csv(work / pooling / "predictions.tsv", sep="\t")
             att = pd.read_csv(work / pooling / "attention.tsv", sep="\t")

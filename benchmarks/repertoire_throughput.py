@@ -41,10 +41,10 @@ def random_bag(n: int, rng: np.random.Generator):
 
 
 def child_predict(model_dir: str, folder: str, out: str) -> None:
-    from biocls.pipelines.repertoires import predict
+    from biocls.tasks import task_of_model
 
     t = time.time()
-    predict(Path(model_dir), Path(folder), Path(out))
+    task_of_model(Path(model_dir)).predict_file(Path(model_dir), Path(folder), Path(out))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"seconds": time.time() - t, "peak_rss_mib": rss}))
 

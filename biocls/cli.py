@@ -32,8 +32,10 @@ typical order (the Snakemake workflow runs these for you):
   biocls report   --results results/EXP
   biocls predict  --model results/EXP/model --input new.h5ad --output annotated.h5ad
 
-SPEC is one experiment block of the config as JSON (a string, or a .json/.yaml file), with its
-data paths (`input`, or `metadata` + `repertoires`) filled in. See README.md.
+SPEC is one experiment of the config as JSON (a string, or a .json/.yaml file), with its data
+paths (`input`, or `metadata` + `repertoires`) filled in. The workflow passes each step only the
+keys it reads; missing keys take the defaults of biocls/config.py (`biocls schema` lists them).
+Python users call the same code in memory: biocls.tl.cross_validate, biocls.tl.annotate.
 """
 
 
@@ -180,7 +182,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     log.info("wrote %s", args.output)
 
 
-def cmd_config_schema(args: argparse.Namespace) -> None:
+def cmd_schema(args: argparse.Namespace) -> None:
     from biocls._io import write_text
     from biocls.config import schema_yaml
 
@@ -261,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--model", required=True, help="results/<experiment>/model")
     s.add_argument("--input", required=True)
     s.add_argument("--output", required=True, help=".h5ad for cells, .tsv for repertoires")
-    s = verb("config-schema", cmd_config_schema,
+    s = verb("schema", cmd_schema,
              "print (or write) the config's JSON schema, generated from biocls/config.py")
     s.add_argument("--out", help="file to write (default: standard output)")
     return p

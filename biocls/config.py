@@ -7,7 +7,7 @@ The Snakefile (through :func:`load_config`), the CLI (``--spec``) and Python cal
 started. An unknown key is an error naming the key, its block and the nearest valid name.
 
 The JSON schema in ``workflows/schemas/config.schema.yaml`` is generated from these classes
-(:func:`json_schema`; ``biocls config-schema`` writes it) and a test checks the committed file
+(:func:`json_schema`; ``biocls schema`` writes it) and a test checks the committed file
 against it, so the two cannot drift.
 
 Each workflow step reads a declared slice of its experiment (:meth:`CellExperiment.step_spec`),
@@ -567,7 +567,7 @@ def json_schema(*, partial: bool = False) -> dict[str, Any]:
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "description": "biocls workflow config (DESIGN §4). Generated from biocls/config.py by "
-                       "`biocls config-schema`; do not edit by hand. Each entry under "
+                       "`biocls schema`; do not edit by hand. Each entry under "
                        "`experiments` is one experiment; its name becomes results/<name>/. An "
                        "unknown key is an error.",
         "type": "object",
@@ -588,7 +588,7 @@ def schema_yaml() -> str:
     """The generated schema as the YAML text committed under workflows/schemas/."""
     import yaml
 
-    head = ("# GENERATED from biocls/config.py by `biocls config-schema --out "
+    head = ("# GENERATED from biocls/config.py by `biocls schema --out "
             f"{SCHEMA_FILE.as_posix()}`.\n# Edit the dataclasses, not this file; "
             "tests/test_config.py checks that the two agree.\n")
     return head + yaml.safe_dump(json_schema(), sort_keys=False, width=100, allow_unicode=True)

@@ -76,29 +76,37 @@ def test_read_predictions_from_a_buffer_reads_as_the_file() -> None:
     assert frame["true_cell_type"].iloc[0] == "1" and pd.isna(frame["true_cell_type"].iloc[1])
 
 
-def test_repertoire_writers_use_the_owned_columns() -> None:
-    """The repertoire pipeline's column lists are this module's, not copies of them."""
-    from biocls.pipelines import repertoires
+@pytest.mark.parametrize("states", ["single", "multilabel"])
+def test_cell_prediction_columns_match_the_writer(tmp_path: Path, states: str) -> None:
+    """`cell_prediction_columns` lists exactly what `biocls train` writes, in the same order."""
+    import json
 
-    assert repertoires.PREDICTION_COLUMNS is C.PREDICTION_COLUMNS
-    assert repertoires.ATTENTION_COLUMNS is C.ATTENTION_COLUMNS
-
-
-def test_cell_prediction_columns_match_the_writer(tmp_path: Path) -> None:
-    """`cell_prediction_columns` lists exactly what `train_fold` writes, in the same order."""
-    from biocls.pipelines import cells
+    from biocls.cli import main
     from biocls.simulate import simulate_cells
 
-    adata = simulate_cells(n_patients=4, cells_per_patient=40, n_genes=120, n_types=3, seed=0)
+    adata = simulate_cells(n_patients=4, cells_per_patient=40, n_genes=120, n_types=3, seed=0,
+                           states=("healthy", "activated", "damaged"))
+    keys: dict = {"cell_type": "cell_type", "patient": "patient"}
+    labels = ["activated", "damaged"] if states == "multilabel" else []
+    if labels:
+        for name in labels:
+            adata.obs[name] = (adata.obs["cell_state"].astype(str) == name).astype(float)
+        adata.obs.iloc[::5, adata.obs.columns.get_loc("damaged")] = np.nan
+        keys["state_labels"] = labels
+    else:
+        keys["cell_state"] = "cell_state"
     adata.write_h5ad(tmp_path / "x.h5ad")
     spec = {"task": "cells", "name": "t", "input": str(tmp_path / "x.h5ad"), "folds": 2,
-            "seed": 0, "progress": False,
-            "keys": {"cell_type": "cell_type", "cell_state": "cell_state", "patient": "patient"},
-            "preprocess": {"n_top_genes": 60},
+            "seed": 0, "progress": False, "keys": keys, "preprocess": {"n_top_genes": 60},
             "model": {"hidden": [8], "max_epochs": 1, "patience": 1}}
-    cells.split(spec, tmp_path / "splits.tsv")
-    cells.train_fold(spec, splits=tmp_path / "splits.tsv", fold="0", out_dir=tmp_path / "f0")
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    sp, splits = str(tmp_path / "spec.json"), str(tmp_path / "splits.tsv")
+    assert main(["-q", "split", "--spec", sp, "--out", splits]) == 0
+    assert main(["-q", "train", "--spec", sp, "--splits", splits, "--fold", "0",
+                 "--out", str(tmp_path / "f0"), "--threads", "1"]) == 0
     written = list(C.read_predictions(tmp_path / "f0" / "predictions.tsv").columns)
-    classes = {h: C.prob_classes(written, h) for h in C.HEADS}
+    heads = C.HEADS if states == "single" else C.HEADS[:1]
+    classes = {h: C.prob_classes(written, h) for h in heads}
     assert all(classes.values())
-    assert C.cell_prediction_columns(classes=classes, has_state=True) == written
+    assert C.cell_prediction_columns(classes=classes, has_state=states == "single",
+                                     state_labels=labels) == written

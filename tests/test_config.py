@@ -31,7 +31,7 @@ REPS = {"task": "repertoires", "metadata": "m.tsv", "repertoires": "reps"}
 
 def test_committed_schema_is_the_generated_one() -> None:
     committed = (REPO / "workflows" / "schemas" / "config.schema.yaml").read_text()
-    assert committed == schema_yaml(), "run `biocls config-schema --out " \
+    assert committed == schema_yaml(), "run `biocls schema --out " \
                                        "workflows/schemas/config.schema.yaml`"
 
 

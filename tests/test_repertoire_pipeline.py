@@ -1,4 +1,4 @@
-"""Repertoire verbs end to end on tiny synthetic data: encode, split, train, evaluate, predict."""
+"""Repertoire task end to end on tiny synthetic data: encode, split, train, evaluate, predict."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import pandas as pd
 import pytest
 
 from biocls import BioclsError
-from biocls.pipelines import repertoires as R
+from biocls.config import parse_experiment
+from biocls.tasks import evaluate, get_task, split, train
+
+TASK = get_task("repertoires")
 
 AA = list("ACDEFGHIKLMNPQRSTVWY")
 MOTIF = "WHKW"
@@ -55,8 +58,9 @@ def write_dataset(root: Path, *, n_subjects: int = 16, n_seqs: int = 150, seed: 
 def encoded(tmp_path_factory):
     root = tmp_path_factory.mktemp("rep")
     spec = write_dataset(root)
-    R.encode(spec, root / "store.h5")
-    R.split(spec, root / "splits.tsv")
+    exp = parse_experiment(spec)
+    TASK.encode(exp, root / "store.h5")
+    split(TASK, exp, root / "splits.tsv")
     return spec, root
 
 
@@ -67,7 +71,7 @@ def test_split_keeps_subjects_whole(encoded):
     assert sp["patient"].is_unique and set(sp["fold"]) == {0, 1, 2}
     assert set(sp["patient"]) == set(meta["subject_id"])
     two = sp.set_index("patient").loc["subj00"]
-    assert two["n_items"] == 2  # both repertoires of subj00 sit in its single fold
+    assert two["n_repertoires"] == 2  # both repertoires of subj00 sit in its single fold
     # stratified: each fold holds both labels
     lab = sp.groupby("fold")["label"].nunique()
     assert (lab == 2).all()
@@ -78,29 +82,33 @@ def test_train_refuses_stale_splits(encoded, tmp_path):
     sp = pd.read_csv(root / "splits.tsv", sep="\t")
     sp[sp["patient"] != "subj03"].to_csv(tmp_path / "s.tsv", sep="\t", index=False)
     with pytest.raises(BioclsError, match="subj03"):
-        R.train_fold(spec, store=root / "store.h5", splits=tmp_path / "s.tsv", fold="0",
-                     out_dir=tmp_path / "f")
+        train(TASK, parse_experiment(spec), store=root / "store.h5", splits=tmp_path / "s.tsv",
+              fold="0", out_dir=tmp_path / "f")
+    assert not (tmp_path / "f").exists()
 
 
 @pytest.mark.parametrize("pooling", ["attention", "patterns"])
 def test_end_to_end(encoded, tmp_path, pooling):
     spec, root = encoded
-    spec = {**spec, "model": {**spec["model"], "pooling": pooling}}
-    folds = tmp_path / "folds"
+    exp = parse_experiment({**spec, "model": {**spec["model"], "pooling": pooling}})
+    folds, res, ckpt = tmp_path / "folds", tmp_path / "res", tmp_path / "checkpoints"
+    # the workflow's layout: results/<exp>/{folds/<k>, model, checkpoints/<k>}
+    for k in ("0", "1", "2", "final"):
+        out = res / "model" if k == "final" else folds / k
+        train(TASK, exp, store=root / "store.h5", splits=root / "splits.tsv", fold=k,
+              out_dir=out, checkpoint_dir=ckpt / k)
+        assert not (ckpt / k).exists()  # spent once the fold's outputs are written
     for k in ("0", "1", "2"):
-        R.train_fold(spec, store=root / "store.h5", splits=root / "splits.tsv", fold=k,
-                     out_dir=folds / k)
-        assert not (folds / k / "checkpoints").exists()
-    R.train_fold(spec, store=root / "store.h5", splits=root / "splits.tsv", fold="final",
-                 out_dir=folds / "final")
-    R.evaluate(spec, splits=root / "splits.tsv", folds_dir=folds, out_dir=tmp_path / "res")
-    res = tmp_path / "res"
+        info = json.loads((folds / k / "fold_info.json").read_text())
+        assert info["fold"] == k and {"k", "penalty", "C"} <= set(info["kmer_logreg"])
+    evaluate(TASK, exp, splits=root / "splits.tsv", folds_dir=folds, out_dir=res)
     m = json.loads((res / "metrics.json").read_text())
     assert m["task"] == "repertoires" and m["pooling"] == pooling and m["folds"] == 3
     assert m["n_patients"] == 16 and m["n_repertoires"] == 20
     assert len(m["roc_auc"]["folds"]) == 3
     assert m["roc_auc"]["mean"] >= 0.9  # 10% witnesses of a fixed motif: easy
     assert len(m["baselines"]["kmer_logreg"]["roc_auc"]["folds"]) == 3
+    assert set(m["baselines"]["kmer_logreg"]["chosen"]) == {"0", "1", "2"}  # from fold_info
     assert set(m["per_patient"]["subj00"]) >= {"probability", "label", "fold"}
     assert m["dropped_sequences"]["s00_t0"] == 1
     pred = pd.read_csv(res / "predictions.tsv", sep="\t")
@@ -119,11 +127,12 @@ def test_end_to_end(encoded, tmp_path, pooling):
     if pooling == "patterns":
         pat = pd.read_csv(res / "patterns.tsv", sep="\t")
         assert list(pat.columns[:4]) == ["pattern", "rank", "junction_aa", "similarity"]
+        assert m["n_patterns"] == pat["pattern"].nunique()
     else:
         assert not (res / "patterns.tsv").exists()
     # the final model applies to a folder of new repertoires
     out = tmp_path / "pred.tsv"
-    R.predict(folds / "final", Path(spec["repertoires"]), out)
+    TASK.predict_file(res / "model", Path(spec["repertoires"]), out)
     p = pd.read_csv(out, sep="\t")
     assert list(p.columns) == ["repertoire_id", "probability"] and len(p) == 20
     lab = pd.read_csv(spec["metadata"], sep="\t").set_index("repertoire_id")["label"]
@@ -131,9 +140,9 @@ def test_end_to_end(encoded, tmp_path, pooling):
         lab).mean().pipe(lambda s: s["pos"] > s["neg"])
 
 
-def test_unknown_model_option_is_an_error(encoded, tmp_path):
-    spec, root = encoded
+def test_unknown_model_option_is_an_error(encoded):
+    """Caught when the experiment is read, before anything trains (CLI `--spec` alike)."""
+    spec, _ = encoded
     bad = {**spec, "model": {"poolin": "attention"}}
-    with pytest.raises(BioclsError, match="poolin"):
-        R.train_fold(bad, store=root / "store.h5", splits=root / "splits.tsv", fold="0",
-                     out_dir=tmp_path / "x")
+    with pytest.raises(BioclsError, match="poolin.*did you mean `pooling`"):
+        parse_experiment(bad, partial=True)

@@ -1,4 +1,5 @@
-"""Patient-grouped folds and the leakage guard (biocls.splits), and the guard in the pipeline."""
+"""Patient-grouped folds and the leakage guard (biocls.splits), and the guard in the fold
+runner (biocls.tasks.train)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from biocls.splits import (
     assign_pseudo_patients,
     check_no_leak,
     patient_folds,
+    plan_fold,
     read_splits,
     validation_patients,
 )
@@ -138,57 +140,90 @@ def test_read_splits_refuses_a_patient_twice(tmp_path: Path) -> None:
         read_splits(str(f))
 
 
-# -- the guard in the pipeline -------------------------------------------------------------------
+def test_plan_fold_sets_are_disjoint_and_cover_the_patients() -> None:
+    patients, labels = cells_of(10)
+    folds = patient_folds(patients, labels, n_folds=3, seed=0)
+    for k in range(3):
+        plan = plan_fold(folds, k, patients, validation_fraction=0.2, seed=1)
+        fit, val, test = map(set, (plan.fit, plan.validation, plan.test))
+        assert test == set(folds.loc[folds["fold"] == k, "patient"])
+        assert not fit & val and not fit & test and not val & test
+        assert fit | val | test == set(patients) and val and fit
+        assert val == set(validation_patients(sorted(fit | val), fraction=0.2, seed=1))
+        m_fit, m_val, m_test = plan.masks(patients)
+        assert not (m_fit & m_val).any() and (m_fit | m_val | m_test).all()
+    final = plan_fold(folds, "final", patients, validation_fraction=0.2, seed=1)
+    assert final.final and final.test == () and set(final.fit) | set(final.validation) == \
+        set(patients)
+    with pytest.raises(BioclsError, match="fold 7"):
+        plan_fold(folds, 7, patients, validation_fraction=0.2)
+    with pytest.raises(BioclsError, match="neither a number"):
+        plan_fold(folds, "last", patients, validation_fraction=0.2)
+    with pytest.raises(BioclsError, match="P10"):  # a patient the splits do not know
+        plan_fold(folds, 0, np.append(patients, "P10"), validation_fraction=0.2)
+
+
+# -- the guard in the fold runner ----------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    from biocls.config import parse_experiment
     from biocls.simulate import simulate_cells
 
     root = tmp_path_factory.mktemp("tiny")
     path = root / "cells.h5ad"
     simulate_cells(n_patients=4, cells_per_patient=30, n_genes=60, seed=2).write_h5ad(path)
-    return {"task": "cells", "name": "tiny", "input": str(path), "folds": 2, "seed": 0,
-            "progress": False,
-            "keys": {"cell_type": "cell_type", "cell_state": "cell_state", "patient": "patient"},
-            "model": {"hidden": [8], "max_epochs": 1, "patience": 1},
-            "preprocess": {"n_top_genes": 20}}
+    return parse_experiment({
+        "task": "cells", "name": "tiny", "input": str(path), "folds": 2, "seed": 0,
+        "progress": False,
+        "keys": {"cell_type": "cell_type", "cell_state": "cell_state", "patient": "patient"},
+        "model": {"hidden": [8], "max_epochs": 1, "patience": 1},
+        "preprocess": {"n_top_genes": 20}})
 
 
-def test_train_fold_refuses_patient_in_two_folds(tiny: dict, tmp_path: Path) -> None:
-    from biocls.pipelines import cells
+@pytest.fixture(scope="module")
+def task():
+    from biocls.tasks import get_task
+
+    return get_task("cells")
+
+
+def test_train_fold_refuses_patient_in_two_folds(tiny, task, tmp_path: Path) -> None:
+    from biocls.tasks import split, train
 
     splits = tmp_path / "splits.tsv"
-    cells.split(tiny, splits)
+    split(task, tiny, splits)
     table = pd.read_csv(splits, sep="\t", dtype={"patient": str})
     assert sorted(table["fold"].unique()) == [0, 1]
     moved = table.iloc[[0]].assign(fold=1 - int(table["fold"].iloc[0]))
     pd.concat([table, moved]).to_csv(splits, sep="\t", index=False)  # patient on both sides
     out = tmp_path / "folds" / "0"
     with pytest.raises((RuntimeError, BioclsError), match=str(table["patient"].iloc[0])):
-        cells.train_fold(tiny, splits=splits, fold="0", out_dir=out)
+        train(task, tiny, splits=splits, fold="0", out_dir=out)
     assert not out.exists()
 
 
-def test_train_fold_refuses_patient_missing_from_splits(tiny: dict, tmp_path: Path) -> None:
-    from biocls.pipelines import cells
+def test_train_fold_refuses_patient_missing_from_splits(tiny, task, tmp_path: Path) -> None:
+    from biocls.tasks import split, train
 
     splits = tmp_path / "splits.tsv"
-    cells.split(tiny, splits)
+    split(task, tiny, splits)
     table = pd.read_csv(splits, sep="\t", dtype={"patient": str})
     table.iloc[1:].to_csv(splits, sep="\t", index=False)
     out = tmp_path / "folds" / "0"
-    with pytest.raises(BioclsError, match="not in splits.tsv"):
-        cells.train_fold(tiny, splits=splits, fold="0", out_dir=out)
+    with pytest.raises(BioclsError, match="not in the splits") as e:
+        train(task, tiny, splits=splits, fold="0", out_dir=out)
+    assert str(table["patient"].iloc[0]) in str(e.value) and str(splits) in str(e.value)
     assert not out.exists()
 
 
-def test_fold_predictions_hold_only_that_folds_patients(tiny: dict, tmp_path: Path) -> None:
-    from biocls.pipelines import cells
+def test_fold_predictions_hold_only_that_folds_patients(tiny, task, tmp_path: Path) -> None:
+    from biocls.tasks import split, train
 
     splits = tmp_path / "splits.tsv"
-    cells.split(tiny, splits)
+    split(task, tiny, splits)
     table = pd.read_csv(splits, sep="\t", dtype={"patient": str})
     out = tmp_path / "folds" / "1"
-    cells.train_fold(tiny, splits=splits, fold="1", out_dir=out)
+    train(task, tiny, splits=splits, fold="1", out_dir=out)
     pred = pd.read_csv(out / "predictions.tsv", sep="\t", dtype={"patient": str})
     held_out = set(table.loc[table["fold"] == 1, "patient"])
     assert set(pred["patient"]) == held_out
@@ -198,14 +233,15 @@ def test_fold_predictions_hold_only_that_folds_patients(tiny: dict, tmp_path: Pa
     assert trained | held_out == set(table["patient"])
 
 
-def test_everything_learned_sees_only_fit_patients(tiny: dict, tmp_path: Path,
+def test_everything_learned_sees_only_fit_patients(tiny, task, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """Record what each learner actually receives in train_fold: gene selection and scaling,
-    the factored/joint models and the logistic-regression baseline must see fit-patient cells
-    only (validation cells only for early stopping), never the held-out fold."""
+    """Record what each learner actually receives when a fold trains: gene selection and
+    scaling, the factored/joint models and the logistic-regression baseline must see
+    fit-patient cells only (validation cells only for early stopping), never the held-out
+    fold."""
     from biocls.estimators import CellClassifier
-    from biocls.pipelines import cells
     from biocls.preprocess import CellPreprocessor
+    from biocls.tasks import cells, split, train
 
     seen: dict[str, list] = {"pre": [], "clf": [], "logreg": []}
     real_pre_fit, real_clf_fit, real_logreg = (CellPreprocessor.fit, CellClassifier.fit,
@@ -227,14 +263,15 @@ def test_everything_learned_sees_only_fit_patients(tiny: dict, tmp_path: Path,
     monkeypatch.setattr(CellClassifier, "fit", clf_fit)
     monkeypatch.setattr(cells, "_logreg", logreg)
     splits = tmp_path / "splits.tsv"
-    cells.split(tiny, splits)
+    split(task, tiny, splits)
     out = tmp_path / "folds" / "0"
-    cells.train_fold(tiny, splits=splits, fold="0", out_dir=out)
+    train(task, tiny, splits=splits, fold="0", out_dir=out)
     info = json.loads((out / "fold_info.json").read_text())
     fit_p, val_p = set(info["fit_patients"]), set(info["validation_patients"])
     assert seen["pre"] == [fit_p]
-    obs = cells.load_cells(tiny).obs
+    obs = task.load(tiny).obs
     n_fit = int(obs["biocls_patient"].isin(fit_p).sum())
     n_val = int(obs["biocls_patient"].isin(val_p).sum())
-    assert seen["clf"] and all(c == (n_fit, n_val) for c in seen["clf"])
+    assert len(seen["clf"]) == 2  # the factored model and its joint twin
+    assert all(c == (n_fit, n_val) for c in seen["clf"])
     assert seen["logreg"] and all(n == n_fit for n in seen["logreg"])

@@ -32,8 +32,9 @@ MAX_EPOCHS = 60
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A tiny experiment (4 patients × 40 cells × 80 genes) with its splits; many small epochs."""
-    from biocls.pipelines import cells
+    from biocls.config import parse_experiment
     from biocls.simulate import simulate_cells
+    from biocls.tasks import get_task, split
 
     root = tmp_path_factory.mktemp("train")
     data = root / "cells.h5ad"
@@ -47,7 +48,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict:
     spec_file = root / "spec.json"
     spec_file.write_text(json.dumps(spec))
     splits = root / "splits.tsv"
-    cells.split(spec, splits)
+    split(get_task("cells"), parse_experiment(spec), splits)
     return {"root": root, "spec": spec_file, "splits": splits}
 
 
@@ -123,6 +124,7 @@ def test_killed_run_resumes_to_identical_results(job: dict, uninterrupted: Path)
 
     run_train(job, out, ckpt)  # the same command again
     assert history(out)["resumed_from"] == stopped_at
+    assert not first.exists()  # spent once the fold's outputs are written
     assert predictions(out) == predictions(uninterrupted)
     resumed, plain = history(out), history(uninterrupted)
     assert resumed["train_loss"] == plain["train_loss"]

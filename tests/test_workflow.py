@@ -33,6 +33,7 @@ CONFIG = {"experiments": {EXP: {
     "progress": False,
     "preprocess": {"n_top_genes": 50},
     "model": {"hidden": [16], "max_epochs": 3, "patience": 3},
+    "certify": {"delta": 0.05, "n_pcs": 10},
 }}}
 
 
@@ -131,3 +132,90 @@ def test_same_config_twice_gives_identical_results(run: Path, tmp_path: Path) ->
     for name in ("metrics.json", "predictions.tsv", "splits.tsv"):
         first, second = run / "results" / EXP / name, tmp_path / "results" / EXP / name
         assert first.read_bytes() == second.read_bytes(), name
+
+
+def _planned_jobs(stdout: str) -> set[str]:
+    """The rules of a dry run's job table ("rule_name   count")."""
+    import re
+
+    return {m.group(1) for m in re.finditer(r"(?m)^(\w+)\s+\d+$", stdout)} - {"total"}
+
+
+@pytest.mark.slow
+def test_editing_delta_reruns_only_the_certificate_and_what_reads_it(run: Path) -> None:
+    """Each rule gets only its slice of the experiment: a new certify.delta changes the
+    certificate's params, so the certificate and the evaluation (and the report) rerun, never
+    the split or a fold."""
+    edited = {"experiments": {EXP: {**CONFIG["experiments"][EXP],
+                                    "certify": {"delta": 0.1, "n_pcs": 10}}}}
+    cfg = run / "delta.yaml"
+    cfg.write_text(yaml.safe_dump(edited))
+    proc = run_snakemake("--directory", str(run), "--configfile", str(cfg), "-n", "--cores", "1")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = _planned_jobs(proc.stdout)
+    assert {"certify_cells", "evaluate_cells", "report"} <= jobs, proc.stdout
+    assert not jobs & {"split_cells", "train_cells", "train_cells_final", "simulate_cells"}, jobs
+    # and a model edit does retrain the folds (the test above would pass if nothing reran)
+    edited["experiments"][EXP]["model"] = {"hidden": [8], "max_epochs": 3, "patience": 3}
+    cfg.write_text(yaml.safe_dump(edited))
+    proc = run_snakemake("--directory", str(run), "--configfile", str(cfg), "-n", "--cores", "1")
+    assert {"train_cells", "train_cells_final"} <= _planned_jobs(proc.stdout), proc.stdout
+
+
+def _assert_close(a: object, b: object, path: str = "") -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        assert set(a) == set(b), (path, set(a) ^ set(b))
+        for k in a:
+            _assert_close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list) and isinstance(b, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _assert_close(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) or isinstance(b, float):
+        assert a == pytest.approx(b, rel=1e-9, abs=1e-12), (path, a, b)
+    else:
+        assert a == b, (path, a, b)
+
+
+@pytest.mark.slow
+def test_cross_validate_in_memory_equals_the_workflow(run: Path) -> None:
+    """biocls.tl.cross_validate on the same cells and config gives the workflow's out-of-fold
+    metrics and predictions: the notebook and Snakemake share one fold runner and evaluator."""
+    import anndata as ad
+
+    import biocls
+    from biocls._io import _finite
+
+    block = {k: v for k, v in CONFIG["experiments"][EXP].items()
+             if k not in ("task", "simulate", "certify")}
+    adata = ad.read_h5ad(run / "resources" / EXP / "cells.h5ad")
+    cv = biocls.tl.cross_validate(adata, **block)
+    want = json.loads((run / "results" / EXP / "metrics.json").read_text())
+    want.pop("certificate")
+    got = json.loads(json.dumps(_finite(cv.metrics)))
+    got["experiment"] = want["experiment"]
+    _assert_close(got, want)
+    pred = pd.read_csv(run / "results" / EXP / "predictions.tsv", sep="\t",
+                       dtype={"patient": str, "cell_id": str})
+    assert list(cv.predictions.columns) == list(pred.columns)
+    assert (cv.predictions["pred_cell_type"].astype(str).to_numpy()
+            == pred["pred_cell_type"].astype(str).to_numpy()).all()
+    splits = pd.read_csv(run / "results" / EXP / "splits.tsv", sep="\t", dtype={"patient": str})
+    assert cv.splits[["patient", "fold"]].equals(splits[["patient", "fold"]])
+    assert "biocls_cell_type" not in adata.obs  # the caller's AnnData is left alone
+
+
+@pytest.mark.slow
+def test_annotate_in_memory_equals_predict(run: Path) -> None:
+    import anndata as ad
+
+    import biocls
+
+    adata = ad.read_h5ad(run / "resources" / EXP / "cells.h5ad")
+    out = biocls.tl.annotate(adata, run / "results" / EXP / "model", copy=True)
+    assert out is not None and "biocls_cell_type" not in adata.obs
+    assert set(out.obs["biocls_cell_state"].astype(str)) <= set(adata.obs["cell_state"].astype(str))
+    assert out.uns["biocls_predict"]["params"]["experiment"] == EXP
+    assert biocls.tl.annotate(adata, run / "results" / EXP / "model") is None
+    assert (adata.obs["biocls_cell_type"].astype(str)
+            == out.obs["biocls_cell_type"].astype(str)).all()

@@ -63,6 +63,18 @@ class CellModelBundle:
     classifier: CellClassifier
     preprocessor: Any
     path: str
+    exp: CellExperiment | None = None
+    info: dict[str, Any] | None = None
+
+    def save(self, directory: str | Path) -> None:
+        """Write the model folder (as ``results/<exp>/model``), atomically."""
+        if self.exp is None:
+            raise BioclsError("this model was loaded from a folder; it is saved already",
+                              where=self.path, fix="copy the folder instead")
+        with atomic_path(directory) as tmp:
+            tmp.mkdir(parents=True)
+            _write_model(self.exp, self.classifier, self.preprocessor, self.info or {}, tmp)
+        self.path = str(directory)
 
 
 class CellsTask:
@@ -185,9 +197,8 @@ class CellsTask:
     def save(self, exp: CellExperiment, fitted: CellFit, data: ad.AnnData, plan: FoldPlan,
              directory: Path) -> None:
         """The final model folder: weights + vocabularies, the fitted preprocessing, its info."""
-        fitted.factored.save(directory, meta={"spec_name": exp.name, "keys": to_dict(exp.keys)})
-        fitted.preprocessor.save(directory / "preprocess")
-        write_json(directory / "train_info.json", {**plan.as_dict(), **fitted.info})
+        _write_model(exp, fitted.factored, fitted.preprocessor, {**plan.as_dict(), **fitted.info},
+                     directory)
 
     # -- metrics ---------------------------------------------------------------------------
     def metrics(self, exp: CellExperiment, tables: dict[str, pd.DataFrame],
@@ -255,7 +266,8 @@ class CellsTask:
             adata.obs[f"biocls_{head}"] = pd.Categorical(np.asarray(vocab[head])[p.argmax(1)])
             adata.obs[f"biocls_{head}_confidence"] = p.max(1).astype(np.float32)
         adata.uns["biocls_predict"] = {"params": {
-            "model": bundle.path, "experiment": model.meta_.get("spec_name")}}
+            "model": bundle.path,
+            "experiment": bundle.exp.name if bundle.exp else model.meta_.get("spec_name")}}
 
     def predict_file(self, model_dir: Path, input: Path, output: Path) -> None:  # noqa: A002
         """``biocls predict`` on an ``.h5ad``: annotate it and write it atomically."""
@@ -286,6 +298,14 @@ def classifier(exp: CellExperiment, *, head: str = "factored",
     if exp.keys.state_labels and "partial_loss" not in drop:
         params["state_mode"] = "multilabel"
     return CellClassifier(head=head, seed=exp.seed, progress=exp.progress, **params)
+
+
+def _write_model(exp: CellExperiment, model: CellClassifier, pre: Any, info: dict[str, Any],
+                 directory: Path) -> None:
+    """The final model folder: weights + vocabularies, the fitted preprocessing, its info."""
+    model.save(directory, meta={"spec_name": exp.name, "keys": to_dict(exp.keys)})
+    pre.save(directory / "preprocess")
+    write_json(directory / "train_info.json", info)
 
 
 def load_cell_model(model_dir: str | Path) -> CellModelBundle:

@@ -1,15 +1,4 @@
-"""The Python API, in scanpy's style: what a notebook user calls, and what the CLI verbs wrap.
-
->>> import biocls
->>> cv = biocls.tl.cross_validate(adata, keys={"cell_type": "cell_type",
-...                               "cell_state": "cell_state", "patient": "donor"}, folds=4)
->>> cv.metrics["cell_type"]["macro_f1"], cv.predictions.head()
->>> biocls.tl.annotate(new_adata, "results/my_cells/model")   # adds obs["biocls_cell_type"], ...
-
-Every option is a key of the experiment config (README, "Your own data"; defaults in
-:mod:`biocls.config`), checked by the same loader as the workflow's, so a typo is an error naming
-the nearest valid key and an experiment trains alike from Python and from Snakemake.
-"""
+"""The in-memory verbs behind :mod:`biocls.tl` (see its docstring)."""
 
 from __future__ import annotations
 
@@ -24,8 +13,6 @@ import pandas as pd
 from biocls.config import CellExperiment, RepertoireExperiment, parse_experiment
 from biocls.tasks import CVResult
 from biocls.tasks import cross_validate as run_cv
-
-__all__ = ["annotate", "cross_validate", "cross_validate_repertoires", "score_repertoires"]
 
 
 def cross_validate(adata: ad.AnnData, *, keys: Mapping[str, Any] | None = None, folds: int = 5,
@@ -49,6 +36,32 @@ def cross_validate(adata: ad.AnnData, *, keys: Mapping[str, Any] | None = None, 
     assert isinstance(exp, CellExperiment)
     task = CellsTask()
     return run_cv(task, exp, task.prepare(exp, adata.copy()))
+
+
+def train(adata: ad.AnnData, *, keys: Mapping[str, Any] | None = None, seed: int = 0,
+          progress: bool = False, **config: Any) -> Any:
+    """Fit the final model on every patient of ``adata`` (as the workflow's ``model/``).
+
+    Options as for :func:`cross_validate`; early stopping holds back whole patients. Returns a
+    model :func:`annotate` takes; ``model.save(directory)`` writes a folder that
+    ``biocls predict`` and :func:`annotate` load.
+    """
+    from biocls.splits import plan_fold
+    from biocls.tasks import fit_fold
+    from biocls.tasks.cells import CellModelBundle, CellsTask
+
+    exp = parse_experiment({"task": "cells", "keys": dict(keys or {}), "seed": seed,
+                            "progress": progress, **config}, name="train",
+                           source="biocls.tl.train", partial=True)
+    assert isinstance(exp, CellExperiment)
+    task = CellsTask()
+    data = task.prepare(exp, adata.copy())
+    patients = task.patients(data)
+    plan = plan_fold({str(p): 0 for p in set(patients)}, "final", patients,
+                     validation_fraction=exp.validation_fraction, seed=exp.seed)
+    fitted, _ = fit_fold(task, exp, data, plan)
+    return CellModelBundle(fitted.factored, fitted.preprocessor, "(in memory)", exp=exp,
+                           info={**plan.as_dict(), **fitted.info})
 
 
 def annotate(adata: ad.AnnData, model: str | Path | Any, *, copy: bool = False
