@@ -138,7 +138,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     if task.encoded and not args.store:
         raise BioclsError(f"{exp.task} training needs --store", where="--store",
                           fix="pass the store.h5 written by `biocls encode`")
-    set_threads(args.threads or getattr(exp.model, "threads", None))
+    set_threads(args.threads)  # the scheduler's allocation; an explicit model.threads wins
     train(task, exp, splits=Path(args.splits), fold=args.fold,
           out_dir=Path(args.out), store=Path(args.store) if args.store else None,
           checkpoint_dir=Path(args.checkpoints) if args.checkpoints else None)

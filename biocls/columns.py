@@ -1,11 +1,12 @@
 """The columns of ``predictions.tsv`` (and its siblings), owned in one place (STYLE.md habit 6).
 
-The per-fold and gathered tables of DESIGN.md §4b are written by the pipelines, read back by
-``evaluate`` and by the report renderer. Every column name they share is defined here, as a
-constant or as a small function of the head (``true_col("cell_type")`` → ``"true_cell_type"``),
-so that renaming a column is one edit and a typo is a ``NameError`` rather than a silently empty
-table. :func:`read_predictions` is the one reader: IDs stay text (``"007"`` and ``"NA"`` are IDs,
-not numbers or missing values), labels stay text, and only an empty field is missing.
+The per-fold and gathered tables of DESIGN.md §4b are written by the tasks (:mod:`biocls.tasks`),
+read back by ``evaluate`` and by the report renderer. Every column name they share is defined here,
+as a constant or as a small function of the head (``true_col("cell_type")`` →
+``"true_cell_type"``), so that renaming a column is one edit and a typo is a ``NameError`` rather
+than a silently empty table. :func:`read_predictions` is the one reader: IDs stay text (``"007"``
+and ``"NA"`` are IDs, not numbers or missing values), labels stay text, and only an empty field is
+missing.
 
 Cells (``task: cells``), one row per cell, in :func:`cell_prediction_columns` order:
 
@@ -41,6 +42,7 @@ __all__ = [
     "CELL_TYPE",
     "FOLD",
     "HEADS",
+    "HEAD_WEIGHT",
     "ID_COLUMNS",
     "JUNCTION_AA",
     "KMER_PROBABILITY",
@@ -52,6 +54,7 @@ __all__ = [
     "PATIENT",
     "PATTERN",
     "PATTERN_COLUMNS",
+    "PATTERN_RANK",
     "PREDICTED",
     "PREDICTION_COLUMNS",
     "PRED_STATE",
@@ -108,6 +111,9 @@ JUNCTION_AA = "junction_aa"
 WEIGHT = "weight"
 PATTERN = "pattern"
 SIMILARITY = "similarity"
+#: a learned pattern's weight in the output head, and its rank by that weight (1 = largest)
+HEAD_WEIGHT = "head_weight"
+PATTERN_RANK = "pattern_rank"
 
 #: ``predictions.tsv`` of ``task: repertoires``, in written order
 PREDICTION_COLUMNS: list[str] = [REPERTOIRE_ID, PATIENT, FOLD, LABEL, PROBABILITY,
@@ -116,8 +122,8 @@ PREDICTION_COLUMNS: list[str] = [REPERTOIRE_ID, PATIENT, FOLD, LABEL, PROBABILIT
 ATTENTION_COLUMNS: list[str] = [REPERTOIRE_ID, PATIENT, RANK, JUNCTION_AA, "v_call", "j_call",
                                 "duplicate_count", WEIGHT, "score"]
 #: ``patterns.tsv`` (``pooling: patterns``): the sequences nearest each learned pattern
-PATTERN_COLUMNS: list[str] = [PATTERN, RANK, JUNCTION_AA, SIMILARITY, "head_weight",
-                              "pattern_rank", REPERTOIRE_ID]
+PATTERN_COLUMNS: list[str] = [PATTERN, RANK, JUNCTION_AA, SIMILARITY, HEAD_WEIGHT,
+                              PATTERN_RANK, REPERTOIRE_ID]
 
 #: columns read as text whatever they hold: IDs, and sequences/gene calls that may look like "NA"
 ID_COLUMNS: tuple[str, ...] = (CELL_ID, PATIENT, REPERTOIRE_ID, JUNCTION_AA, "v_call", "j_call")

@@ -349,6 +349,12 @@ def _check_block(block: Mapping[str, Any], cls: type, *, name: str, source: str,
     where = f"{source}: experiments.{name}"
     _check_unknown(block, cls, where=f"experiments.{name}", source=source)
     _check_simulate(block, cls.__dataclass_fields__["task"].default, where=f"{where}.simulate")
+    inp = block.get("input")
+    if isinstance(inp, str) and cls is CellExperiment and not inp.endswith(".h5ad"):
+        suffix = Path(inp).suffix or "no suffix"
+        raise BioclsError(f"input is {inp!r}: expected an AnnData .h5ad file, got '{suffix}'",
+                          where=f"{where}.input",
+                          fix="convert it with anndata (adata.write_h5ad) and point input at it")
     if partial:
         return
     given = [s for s in cls.SOURCES if block.get(s) is not None]

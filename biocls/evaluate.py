@@ -1,7 +1,7 @@
 """Metrics computed on out-of-fold predictions only, overall and per patient.
 
 Every number a report shows is computed here (STYLE.md habit 6), written into ``metrics.json`` by
-the pipelines' ``evaluate`` verbs, and only formatted by :mod:`biocls.report`.
+the tasks' ``metrics`` (:mod:`biocls.tasks`), and only formatted by :mod:`biocls.report`.
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def multilabel_metrics(y_true: np.ndarray | pd.DataFrame, score: np.ndarray | pd
 # -- the numbers of the reports (STYLE.md habit 6: evaluate computes, the renderer renders) -------
 #
 # Each function below is pure: a predictions frame (as read by biocls.columns.read_predictions)
-# in, JSON-ready lists and dicts out. The pipelines' ``evaluate`` verbs write them into
+# in, JSON-ready lists and dicts out. The tasks' ``metrics`` put them into
 # metrics.json; biocls.report only formats and plots them.
 
 TOP_ERRORS = 10

@@ -163,8 +163,9 @@ def test_multilabel_state_summary_never_counts_unknown_as_absent() -> None:
 
 
 def test_cells_evaluate_writes_the_report_numbers(tmp_path: Path) -> None:
-    """The pipeline's evaluate puts them in metrics.json, consistent with its own metrics."""
-    from biocls.pipelines import cells
+    """The evaluator puts them in metrics.json, consistent with its own metrics."""
+    from biocls.config import parse_experiment
+    from biocls.tasks import evaluate, get_task
 
     pred = _cells()
     pd.DataFrame({"patient": ["P1", "P2"], "fold": [0, 1]}).to_csv(
@@ -173,8 +174,8 @@ def test_cells_evaluate_writes_the_report_numbers(tmp_path: Path) -> None:
         (tmp_path / "folds" / str(k)).mkdir(parents=True)
         g.to_csv(tmp_path / "folds" / str(k) / "predictions.tsv", sep="\t", index=False)
     out = tmp_path / "res"
-    cells.evaluate({"name": "t"}, splits=tmp_path / "splits.tsv", folds_dir=tmp_path / "folds",
-                   out_dir=out)
+    evaluate(get_task("cells"), parse_experiment({"task": "cells"}, name="t", partial=True),
+             splits=tmp_path / "splits.tsv", folds_dir=tmp_path / "folds", out_dir=out)
     m = json.loads((out / "metrics.json").read_text())
     for head in ("cell_type", "cell_state"):
         factored = m["confusion"][head]["factored"]
@@ -189,8 +190,9 @@ def test_cells_evaluate_writes_the_report_numbers(tmp_path: Path) -> None:
 
 def test_repertoires_evaluate_writes_the_report_numbers(tmp_path: Path) -> None:
     """Pooled ROC points agree with the pooled AUC; k-mers per repertoire; patterns counted."""
-    from biocls.pipelines import repertoires
+    from biocls.config import parse_experiment
     from biocls.report import render_reports
+    from biocls.tasks import evaluate, get_task
 
     rng = np.random.default_rng(0)
     reps = pd.DataFrame({"repertoire_id": [f"r{i}" for i in range(12)],
@@ -213,14 +215,15 @@ def test_repertoires_evaluate_writes_the_report_numbers(tmp_path: Path) -> None:
                             for r, p, y in zip(g["repertoire_id"], g["patient"], g["label"],
                                                strict=True) for j in range(3)])
         att.to_csv(d / "attention.tsv", sep="\t", index=False)
-    (tmp_path / "folds" / "final").mkdir()
+    (tmp_path / "res" / "model").mkdir(parents=True)  # the final model's folder
     pd.DataFrame({"pattern": [0, 0, 1], "rank": [1, 2, 1], "junction_aa": ["CASSGGGF"] * 3,
                   "similarity": [0.9, 0.8, 0.7], "head_weight": 1.0, "pattern_rank": [1, 1, 2],
-                  "repertoire_id": "r0"}).to_csv(tmp_path / "folds" / "final" / "patterns.tsv",
+                  "repertoire_id": "r0"}).to_csv(tmp_path / "res" / "model" / "patterns.tsv",
                                                  sep="\t", index=False)
     out = tmp_path / "res"
-    repertoires.evaluate({"name": "t"}, splits=tmp_path / "splits.tsv",
-                         folds_dir=tmp_path / "folds", out_dir=out)
+    evaluate(get_task("repertoires"),
+             parse_experiment({"task": "repertoires"}, name="t", partial=True),
+             splits=tmp_path / "splits.tsv", folds_dir=tmp_path / "folds", out_dir=out)
     m = json.loads((out / "metrics.json").read_text())
     for key, pooled in (("model", m["roc_auc"]["pooled"]),
                         ("kmer_logreg", m["baselines"]["kmer_logreg"]["roc_auc"]["pooled"])):

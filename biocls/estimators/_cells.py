@@ -13,6 +13,7 @@ from sklearn.base import clone
 from torch import nn
 
 from biocls.estimators._base import NetEstimator
+from biocls.evaluate import known_mask
 from biocls.losses import PARTIAL_MODES, masked_cross_entropy, partial_label_loss
 from biocls.models import CellNet, FactoredHeads, JointHead, MixerEncoder, MLPEncoder, gene_modules
 from biocls.models._encoders import ENCODERS
@@ -111,7 +112,8 @@ class CellClassifier(NetEstimator):
             self.states_, ys = _multilabel_codes(cell_state, len(X))
             yt = self._codes(cell_type, self.types_)
         else:
-            known = [] if cell_state is None else [s for s in cell_state if _known(s)]
+            known = ([] if cell_state is None else
+                     np.asarray(cell_state, dtype=object)[known_mask(cell_state)])
             self.states_ = sorted(set(map(str, known)))
             yt = self._codes(cell_type, self.types_)
             ys = self._codes(cell_state, self.states_, n=len(yt))
@@ -353,8 +355,9 @@ class CellClassifier(NetEstimator):
             return np.full(n or 0, -1, dtype=np.int64)
         index = {v: i for i, v in enumerate(vocab)}
         out = np.empty(len(labels), dtype=np.int64)
+        known = known_mask(labels)
         for i, v in enumerate(labels):
-            if not _known(v):
+            if not known[i]:
                 out[i] = -1
             elif str(v) in index:
                 out[i] = index[str(v)]
@@ -363,10 +366,6 @@ class CellClassifier(NetEstimator):
             else:  # pragma: no cover - vocab is built from these labels
                 raise ValueError(f"label {v!r} not in vocabulary")
         return out
-
-
-def _known(v: Any) -> bool:
-    return v is not None and not (isinstance(v, float) and np.isnan(v)) and str(v) != ""
 
 
 def _multilabel_codes(labels: Any, n: int, *,

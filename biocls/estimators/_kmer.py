@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from biocls.evaluate import roc_auc
+
 __all__ = ["KmerLogisticRegression", "kmer_frequencies"]
 
 log = logging.getLogger(__name__)
@@ -68,7 +70,6 @@ class KmerLogisticRegression(BaseEstimator):
     def fit(self, X_by_k: Mapping[int, np.ndarray], y: np.ndarray,
             groups: np.ndarray) -> KmerLogisticRegression:
         from sklearn.exceptions import ConvergenceWarning
-        from sklearn.metrics import roc_auc_score
         from sklearn.model_selection import StratifiedGroupKFold
         from sklearn.preprocessing import StandardScaler
 
@@ -92,7 +93,7 @@ class KmerLogisticRegression(BaseEstimator):
                             if len(set(y[a])) < 2 or len(set(y[b])) < 2:
                                 continue
                             m = self._model(pen, float(c)).fit(xa, y[a])
-                            aucs.append(roc_auc_score(y[b], m.decision_function(xb)))
+                            aucs.append(roc_auc(y[b], m.decision_function(xb)))
                         auc = float(np.mean(aucs)) if aucs else 0.5
                         if auc > best["auc"]:
                             best = {"k": int(k), "penalty": pen, "C": float(c), "auc": auc}

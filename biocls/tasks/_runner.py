@@ -66,8 +66,11 @@ def split(task: Task, exp: Experiment, out: Path) -> None:
 def fit_fold(task: Task, exp: Experiment, data: Any, plan: FoldPlan, *,
              checkpoint_dir: Path | None = None) -> tuple[Any, FoldResult | None]:
     """Fit one fold and, unless it is the final fit, predict its held-out patients."""
+    from biocls.train import set_threads
+
     log.info("fold %s: %d fit, %d validation, %d test patients", plan.fold, len(plan.fit),
              len(plan.validation), len(plan.test))
+    set_threads(getattr(exp.model, "threads", None))  # an explicit model.threads wins
     fitted = task.fit(exp, data, plan, checkpoint_dir=checkpoint_dir)
     if plan.final:
         return fitted, None
@@ -129,7 +132,7 @@ def gather(task: Task, exp: Experiment, results: Sequence[FoldResult]) -> tuple[
     tables = {name: pd.concat([r.tables[name] for r in results], ignore_index=True)
               for name in task.tables}
     pred = tables["predictions"]
-    if len(pred) and pred.groupby("patient")["fold"].nunique().max() > 1:
+    if len(pred) and pred.groupby(PATIENT)[FOLD].nunique().max() > 1:
         raise RuntimeError("a patient has out-of-fold predictions from two folds")
     return tables, task.metrics(exp, tables, [r.info for r in results])
 

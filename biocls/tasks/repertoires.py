@@ -188,14 +188,14 @@ class RepertoiresTask:
             row = int(fitted.bag_rows[bi])
             if row not in cache:
                 cache[row] = st.bag(row)
-            recs.append({C.PATTERN: int(s), "pattern_rank": order[s] + 1,
-                         "head_weight": float(weights[s]),
+            recs.append({C.PATTERN: int(s), C.PATTERN_RANK: order[s] + 1,
+                         C.HEAD_WEIGHT: float(weights[s]),
                          C.JUNCTION_AA: cache[row].sequences([ix])[0], C.SIMILARITY: sim,
                          C.REPERTOIRE_ID: reps["repertoire_id"].iat[row]})
         df = pd.DataFrame(recs)
         df[C.RANK] = df.groupby(C.PATTERN).cumcount() + 1
         write_tsv(directory / "patterns.tsv",
-                  df.sort_values(["pattern_rank", C.RANK])[C.PATTERN_COLUMNS])
+                  df.sort_values([C.PATTERN_RANK, C.RANK])[C.PATTERN_COLUMNS])
 
     # -- metrics ---------------------------------------------------------------------------
     def metrics(self, exp: RepertoireExperiment, tables: dict[str, pd.DataFrame],
