@@ -212,7 +212,7 @@ def check_gpu_switch(work: Path, slurm: Path) -> None:
     """Turn the profile's one GPU line on and rerun one training job: SLURM must give it a GPU.
 
     The cluster's node has one GPU that exists for the scheduler only, so the job still trains on
-    the CPU (it resumes from its finished checkpoint).
+    the CPU (from scratch: a fit's checkpoints are removed once its outputs are written).
     """
     profile = work / "gpu-profile"
     shutil.copytree(REPO / "configs/profiles/slurm", profile)

@@ -157,13 +157,20 @@ def test_checkpoint_signature_ignores_device_and_progress(tmp_path: Path) -> Non
 META = {"experiment": "e1", "keys": {"patient": "donor"}, "top_n": 3}
 
 
-def test_cells_save_load_round_trip(fitted_cells, tmp_path: Path) -> None:
-    est, X = fitted_cells
+def _save_and_load(est, tmp_path: Path):
+    """save(meta=...) then Cls.load: model.json names the kind, meta_ comes back as given."""
+    cls = type(est)
     est.save(tmp_path / "m", meta=META)
     info = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert info["kind"] == "CellClassifier" and info["meta"] == META
-    back = CellClassifier.load(tmp_path / "m")
-    assert isinstance(back, CellClassifier) and back.meta_ == META
+    assert info["kind"] == cls.__name__ and info["meta"] == META
+    back = cls.load(tmp_path / "m")
+    assert isinstance(back, cls) and back.meta_ == META
+    return back
+
+
+def test_cells_save_load_round_trip(fitted_cells, tmp_path: Path) -> None:
+    est, X = fitted_cells
+    back = _save_and_load(est, tmp_path)
     a, b = est.predict_proba(X), back.predict_proba(X)
     assert a.keys() == b.keys()
     for k in a:
@@ -174,11 +181,7 @@ def test_cells_save_load_round_trip(fitted_cells, tmp_path: Path) -> None:
 
 def test_repertoires_save_load_round_trip(fitted_reps, tmp_path: Path) -> None:
     est, b = fitted_reps
-    est.save(tmp_path / "m", meta=META)
-    info = json.loads((tmp_path / "m" / "model.json").read_text())
-    assert info["kind"] == "RepertoireClassifier" and info["meta"] == META
-    back = RepertoireClassifier.load(tmp_path / "m")
-    assert isinstance(back, RepertoireClassifier) and back.meta_ == META
+    back = _save_and_load(est, tmp_path)
     assert back.get_params() == {**est.get_params(), "device": "cpu"}
     np.testing.assert_array_equal(back.predict_proba(b), est.predict_proba(b))
     np.testing.assert_array_equal(back.predict(b), (est.predict_proba(b) >= 0.5).astype(int))
