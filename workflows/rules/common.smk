@@ -67,6 +67,13 @@ def cells_input(wildcards):
     return EXPS[wildcards.exp].input
 
 
+def repertoire_inputs(exp):
+    """The simulated folder, or the user's metadata.tsv and repertoire folder."""
+    if EXPS[exp].simulate is not None:
+        return {"data": f"resources/{exp}/repertoires"}
+    return {"metadata": EXPS[exp].metadata, "repertoires": EXPS[exp].repertoires}
+
+
 def certificate_input(exp):
     """certificate.json for experiments with a `certify:` block; nothing otherwise."""
     return {"certificate": f"results/{exp}/certificate.json"} if exp in CERTIFIED else {}

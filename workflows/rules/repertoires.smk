@@ -2,13 +2,6 @@
 # train per fold (+ k-mer baseline) and final → evaluate. Each fold trains in its own job.
 
 
-def repertoire_inputs(exp):
-    """The simulated folder, or the user's metadata.tsv and repertoire folder."""
-    if EXPS[exp].simulate is not None:
-        return {"data": f"resources/{exp}/repertoires"}
-    return {"metadata": EXPS[exp].metadata, "repertoires": EXPS[exp].repertoires}
-
-
 rule simulate_repertoires:
     output:
         directory("resources/{exp}/repertoires"),
