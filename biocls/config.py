@@ -41,6 +41,7 @@ __all__ = [
     "RepertoireKeys",
     "RepertoireModel",
     "WorkflowConfig",
+    "config_hash",
     "json_schema",
     "load_config",
     "parse_experiment",
@@ -640,6 +641,15 @@ def _deepest(err: Any) -> Any:
     while err.context:
         err = max(err.context, key=lambda e: len(e.absolute_path))
     return err
+
+
+def config_hash(exp: Experiment | dict[str, Any]) -> str:
+    """A short fingerprint of an experiment (or of one step's slice) for provenance lines."""
+    import hashlib
+
+    data = exp if isinstance(exp, dict) else to_dict(exp)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def spec_json(exp: Experiment, step: str) -> str:
