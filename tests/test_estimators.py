@@ -218,3 +218,29 @@ def test_loaded_estimators_are_fitted_and_cloneable(fitted_cells, tmp_path: Path
     assert back.meta_ == {}
     assert not hasattr(clone(back), "net_") and not hasattr(clone(back), "meta_")
     assert isinstance(back.net_, torch.nn.Module)
+
+
+def test_kmer_baseline_chooses_on_training_rows_and_clones() -> None:
+    """The k-mer baseline picks k by inner grouped CV (the informative k wins), and follows the
+    same contract as the other estimators."""
+    from sklearn.base import clone
+
+    from biocls.estimators import KmerLogisticRegression
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    groups = np.arange(40) // 2  # two repertoires per subject
+    noise = rng.normal(size=(40, 30))
+    signal = noise.copy()
+    signal[:, 0] += 3.0 * y  # only the k=4 features carry the label
+    est = KmerLogisticRegression(kmers=(3, 4), Cs=(0.1, 1.0), inner_folds=3, seed=0)
+    est.fit({3: noise, 4: signal}, y, groups)
+    assert est.k_ == 4 and est.chosen()["inner_roc_auc"] > 0.9
+    proba = est.predict_proba(signal[:6])
+    assert proba.shape == (6,) and ((proba >= 0) & (proba <= 1)).all()
+    copy = clone(est)
+    assert copy.get_params() == est.get_params() and not hasattr(copy, "model_")
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        copy.predict_proba(signal)

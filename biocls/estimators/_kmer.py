@@ -108,8 +108,9 @@ class KmerLogisticRegression(BaseEstimator):
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
         """Probability of the positive class per row of ``X`` (features of ``k_``)."""
-        if not hasattr(self, "model_"):
-            raise RuntimeError("KmerLogisticRegression is not fitted; call fit() first")
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "model_")
         if len(X) == 0:
             return np.zeros(0)
         return self.model_.predict_proba(self.scaler_.transform(X))[:, 1]
