@@ -15,7 +15,9 @@ STAMP := $(VENV)/.biocls-installed
 
 demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --cores $(CORES)
-	@echo "Reports: results/*/reports/index.html (Snakemake report: make report)"
+	@echo
+	@$(BIN)/biocls summary results
+	@echo "Snakemake's own report of every experiment: make report"
 
 test: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/pytest -q

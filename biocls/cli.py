@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ typical order (the Snakemake workflow runs these for you):
                   --out results/EXP [--certificate results/EXP/certificate.json]
   biocls report   --results results/EXP
   biocls predict  --model results/EXP/model --input new.h5ad --output annotated.h5ad
+  biocls summary  results                  # every experiment's headline figures
 
 SPEC is one experiment of the config as JSON (a string, or a .json/.yaml file), with its data
 paths (`input`, or `metadata` + `repertoires`) filled in. The workflow passes each step only the
@@ -169,7 +171,8 @@ def cmd_certify(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from biocls.report import render_reports
 
-    pages = render_reports(Path(args.results), Path(args.out) if args.out else None)
+    pages = render_reports(Path(args.results), Path(args.out) if args.out else None,
+                           config_hash=args.config_hash)
     log.info("wrote %d report pages under %s", len(pages),
              args.out or Path(args.results) / "reports")
 
@@ -180,6 +183,12 @@ def cmd_predict(args: argparse.Namespace) -> None:
     task_of_model(Path(args.model)).predict_file(Path(args.model), Path(args.input),
                                                  Path(args.output))
     log.info("wrote %s", args.output)
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from biocls.summary import summary_table
+
+    sys.stdout.write(summary_table(args.paths))
 
 
 def cmd_schema(args: argparse.Namespace) -> None:
@@ -257,16 +266,43 @@ def build_parser() -> argparse.ArgumentParser:
     s = verb("report", cmd_report, "render reports/index.html and one page per patient")
     s.add_argument("--results", required=True, help="results/<experiment>")
     s.add_argument("--out", help="reports folder (default: <results>/reports)")
+    s.add_argument("--config-hash", help="the experiment's config hash "
+                                         "(biocls.config.config_hash), shown on every page")
 
     s = verb("predict", cmd_predict, "apply a final model to new data (.h5ad, or a folder of "
                                      "repertoire TSVs)")
-    s.add_argument("--model", required=True, help="results/<experiment>/model")
-    s.add_argument("--input", required=True)
-    s.add_argument("--output", required=True, help=".h5ad for cells, .tsv for repertoires")
+    s.add_argument("--model", required=True,
+                   help="a final model folder, results/<experiment>/model (or one saved with "
+                        "model.save); its task decides what --input must be")
+    s.add_argument("--input", required=True,
+                   help="cell model: an AnnData .h5ad (raw counts or log-normalised values in X; "
+                        "genes matched by name). Repertoire model: a folder of <repertoire_id>.tsv "
+                        "(or .tsv.gz) files, AIRR (junction_aa or cdr3_aa, with duplicate_count, "
+                        "v_call or j_call) or DeepRC (amino_acid, templates); other TSVs there, "
+                        "e.g. metadata.tsv, are skipped with a warning")
+    s.add_argument("--output", required=True,
+                   help="cell model: the annotated .h5ad (the input plus obs columns "
+                        "biocls_cell_type, ..._confidence, and uns['biocls_predict']). Repertoire "
+                        "model: a .tsv of repertoire_id, probability, plus <output>.json "
+                        "recording the model, its config hash and the date")
+    s = verb("summary", cmd_summary, "print each experiment's headline figures (model vs "
+                                     "baselines) from its metrics.json, and where its report is")
+    s.add_argument("paths", nargs="*", default=["results"], metavar="PATH",
+                   help="results/ (default), results/<experiment> or a metrics.json")
     s = verb("schema", cmd_schema,
              "print (or write) the config's JSON schema, generated from biocls/config.py")
     s.add_argument("--out", help="file to write (default: standard output)")
     return p
+
+
+def _warning_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Print a Python warning as one log line, like every other message of a verb (the default
+    adds a second line of source code)."""
+    if issubclass(category, UserWarning):
+        log.warning("%s", message)
+    else:
+        log.warning("%s: %s", category.__name__, message)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -275,7 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", stream=sys.stderr)
     try:
-        args.fn(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line
+            args.fn(args)
     except BioclsError as e:
         print(f"biocls {args.verb}: error: {e}", file=sys.stderr)
         return 2

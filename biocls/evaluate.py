@@ -18,6 +18,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, r
 from biocls import columns as C
 
 __all__ = [
+    "call_counts",
     "classification_metrics",
     "composition",
     "confidence_histogram",
@@ -25,12 +26,15 @@ __all__ = [
     "confusion_tables",
     "enriched_kmers",
     "enriched_kmers_by_repertoire",
+    "enriched_motifs",
     "has_annotated_state",
     "kmer_counts",
     "known_mask",
+    "least_confident",
     "multilabel_metrics",
     "patient_details",
     "per_type_accuracy",
+    "predicted_composition",
     "roc_auc",
     "roc_curve",
     "roc_points",
@@ -121,6 +125,14 @@ TOP_ERRORS = 10
 CONFIDENCE_BINS = 20
 KMER = 3
 TOP_KMERS = 10
+#: a repertoire is called positive when its probability is at least this (``biocls train`` writes
+#: the ``predicted`` column of predictions.tsv with the same threshold)
+THRESHOLD = 0.5
+MOTIF_KS = (3, 4)
+TOP_MOTIFS = 10
+MOTIF_ALPHA = 0.05
+MOTIF_PSEUDOCOUNT = 0.5
+LEAST_CONFIDENT = 10
 _UNANNOTATED, _NONE = "(unannotated)", "(none)"
 
 
@@ -385,7 +397,8 @@ def patient_details(pred: pd.DataFrame) -> dict[str, dict[str, Any]]:
 
     ``{patient: {"composition": composition(...), "confidence": {head: confidence_histogram},
     "top_errors": {head: top_errors}, "per_type": per_type_accuracy, "state_view":
-    state_summary}}``. The state head takes part only where states are annotated somewhere
+    state_summary, "predicted_composition": predicted_composition, "least_confident":
+    least_confident}}``. The state head takes part only where states are annotated somewhere
     (:func:`has_annotated_state`), as in the index page.
     """
     with_state = has_annotated_state(pred)
@@ -400,5 +413,170 @@ def patient_details(pred: pd.DataFrame) -> dict[str, dict[str, Any]]:
                            for h in heads},
             "per_type": per_type_accuracy(cells, with_state=with_state),
             "state_view": state_summary(cells),
+            "predicted_composition": predicted_composition(cells),
+            "least_confident": least_confident(cells),
         }
     return out
+
+
+def _share(n: int, total: int) -> float | None:
+    return n / total if total else None
+
+
+def predicted_composition(cells: pd.DataFrame) -> dict[str, Any]:
+    """Each label's share of one patient's cells, as predicted (factored model) and annotated.
+
+    ``{head: {"n_cells", "n_annotated", "rows": [{"label", "predicted", "predicted_fraction",
+    "annotated", "annotated_fraction"}]}}`` for ``cell_type`` and single-label ``cell_state``:
+    predicted fractions are of all the patient's cells, annotated ones of its annotated cells
+    (``None`` when none is annotated). Multi-label states add ``"state_labels"``, one row per
+    label: cells predicted present, and cells annotated present among those annotated for it.
+    """
+    out: dict[str, Any] = {}
+    n = len(cells)
+    for head in C.HEADS:
+        if C.pred_col(head) not in cells:
+            continue
+        pred = _text(cells[C.pred_col(head)])
+        true = (_text(cells[C.true_col(head)]) if C.true_col(head) in cells
+                else pd.Series("", index=cells.index))
+        n_ann = int((true != "").sum())
+        rows = []
+        for label in sorted((set(pred) | set(true)) - {""}):
+            p, a = int((pred == label).sum()), int((true == label).sum())
+            rows.append({"label": label, "predicted": p, "predicted_fraction": _share(p, n),
+                         "annotated": a, "annotated_fraction": _share(a, n_ann)})
+        out[head] = {"n_cells": n, "n_annotated": n_ann, "rows": rows}
+    names = C.state_labels(cells.columns)
+    if names:
+        rows = []
+        for name in names:
+            ann = pd.to_numeric(cells[C.true_state_col(name)], errors="coerce")
+            if C.pred_state_col(name) in cells:
+                called = pd.to_numeric(cells[C.pred_state_col(name)], errors="coerce") == 1
+            else:
+                called = pd.to_numeric(cells[C.prob_state_col(name)], errors="coerce") >= 0.5
+            p, known = int(called.sum()), int(ann.notna().sum())
+            a = int((ann == 1).sum())
+            rows.append({"label": name, "predicted": p, "predicted_fraction": _share(p, n),
+                         "annotated": a, "annotated_fraction": _share(a, known),
+                         "n_annotated": known})
+        out["state_labels"] = {"n_cells": n, "rows": rows}
+    return out
+
+
+def least_confident(cells: pd.DataFrame, *, top: int = LEAST_CONFIDENT) -> list[dict[str, Any]]:
+    """The ``top`` cells whose least confident head is least confident, lowest first.
+
+    A cell's ``confidence`` is the minimum over the heads with a ``<head>_confidence`` column;
+    ties keep the order of ``predictions.tsv``. Each row: ``{"cell_id", "confidence", head:
+    {"annotated", "predicted", "confidence"}}`` (``annotated`` is ``""`` when unannotated).
+    """
+    heads = [h for h in C.HEADS if {C.confidence_col(h), C.pred_col(h)} <= set(cells.columns)]
+    if not heads or not len(cells):
+        return []
+    conf = {h: pd.to_numeric(cells[C.confidence_col(h)], errors="coerce").to_numpy(dtype=float)
+            for h in heads}
+    lowest = np.vstack([conf[h] for h in heads]).min(axis=0)
+    order = [i for i in np.argsort(lowest, kind="stable") if not np.isnan(lowest[i])][:top]
+    ids = (cells[C.CELL_ID].astype(str).to_numpy() if C.CELL_ID in cells
+           else np.asarray([str(i) for i in cells.index]))
+    shown = cells.iloc[order]
+    text = {col: _text(shown[col]).to_numpy() for h in heads
+            for col in (C.true_col(h), C.pred_col(h)) if col in shown}
+    rows = []
+    for j, i in enumerate(order):
+        row: dict[str, Any] = {"cell_id": str(ids[i]), "confidence": float(lowest[i])}
+        for h in heads:
+            true = text[C.true_col(h)][j] if C.true_col(h) in text else ""
+            row[h] = {"annotated": str(true), "predicted": str(text[C.pred_col(h)][j]),
+                      "confidence": float(conf[h][i])}
+        rows.append(row)
+    return rows
+
+
+# -- repertoires: the call at the threshold, and the motifs of the attended sequences ------------
+
+def call_counts(label: Sequence[float] | pd.Series, score: Sequence[float] | pd.Series, *,
+                threshold: float = THRESHOLD) -> dict[str, Any]:
+    """Repertoires called positive (``score >= threshold``) against their 0/1 label.
+
+    ``{"threshold", "n_positive", "n_negative", "tp", "fp", "tn", "fn", "sensitivity",
+    "specificity", "accuracy"}``; a rate whose class is absent is ``None``. Entries without a 0/1
+    label or a score are left out.
+    """
+    y = pd.to_numeric(pd.Series(label), errors="coerce").to_numpy(dtype=float)
+    s = pd.to_numeric(pd.Series(score), errors="coerce").to_numpy(dtype=float)
+    ok = np.isin(y, [0.0, 1.0]) & ~np.isnan(s)
+    y, called = y[ok] == 1, s[ok] >= threshold
+    tp, fp = int((y & called).sum()), int((~y & called).sum())
+    tn, fn = int((~y & ~called).sum()), int((y & ~called).sum())
+    return {"threshold": float(threshold), "n_positive": tp + fn, "n_negative": tn + fp,
+            "tp": tp, "fp": fp, "tn": tn, "fn": fn,
+            "sensitivity": _share(tp, tp + fn), "specificity": _share(tn, tn + fp),
+            "accuracy": _share(tp + tn, len(y))}
+
+
+def _presence(sequences: Iterable[str], ks: Sequence[int]) -> Counter[str]:
+    """For each k-mer (every k in ``ks``), the number of ``sequences`` that contain it."""
+    counts: Counter[str] = Counter()
+    for seq in sequences:
+        counts.update({km for k in ks for km in _kmers(seq, k)})
+    return counts
+
+
+def enriched_motifs(attention: pd.DataFrame, *, ks: Sequence[int] = MOTIF_KS,
+                    top: int = TOP_MOTIFS, alpha: float = MOTIF_ALPHA,
+                    pseudocount: float = MOTIF_PSEUDOCOUNT) -> dict[str, Any]:
+    """k-mers over-represented in each patient's attended sequences, against every other
+    patient's.
+
+    ``attention`` is ``attention.tsv`` (``patient``, ``junction_aa``). Foreground: the distinct
+    attended sequences of all the patient's repertoires (``n``); background: those of every
+    other patient (``n_background``, each patient's distinct sequences once). A k-mer (of each
+    length in ``ks``) counts the sequences that contain it, so one sequence counts once. Rows
+    are ranked by the one-sided Fisher exact test (hypergeometric ``P(X >= count)``: how
+    surprising this many foreground sequences with the k-mer are, given how common it is
+    overall), ties broken by the larger count, then the longer k-mer, then the k-mer itself.
+    ``p_adjusted`` is Bonferroni over the k-mers tested for the patient; ``significant`` is
+    ``p_adjusted <= alpha``. ``log2_enrichment`` is log2 of the fraction of foreground over the
+    fraction of background sequences with the k-mer, each with ``pseudocount`` added to the
+    count (and twice that to the total), so that an absent k-mer stays finite.
+
+    Returns ``{"ks", "top", "alpha", "pseudocount", "by_patient": {patient: {"n_sequences",
+    "n_background", "tested", "rows": [{"kmer", "k", "n", "n_background", "log2_enrichment",
+    "p_value", "p_adjusted", "significant"}]}}}``.
+    """
+    from scipy.stats import hypergeom
+
+    ks = [int(k) for k in ks]
+    seqs = attention[C.JUNCTION_AA].fillna("").astype(str).str.strip().str.upper()
+    patients = attention[C.PATIENT].astype(str)
+    distinct = {str(p): sorted(set(s) - {""}) for p, s in seqs.groupby(patients, sort=True)}
+    counts = {p: _presence(s, ks) for p, s in distinct.items()}
+    total: Counter[str] = Counter()
+    for c in counts.values():
+        total.update(c)
+    n_all = sum(len(s) for s in distinct.values())
+    by_patient: dict[str, Any] = {}
+    for p, fg in counts.items():
+        n = len(distinct[p])
+        m = n_all - n
+        kmers = sorted(fg)
+        a = np.array([fg[km] for km in kmers], dtype=np.int64)
+        b = np.array([total[km] - fg[km] for km in kmers], dtype=np.int64)
+        pval = hypergeom.sf(a - 1, n + m, a + b, n) if len(kmers) else np.zeros(0)
+        pval = np.clip(np.nan_to_num(pval, nan=1.0), 0.0, 1.0)
+        adjusted = np.minimum(1.0, pval * len(kmers))
+        log2e = (np.log2((a + pseudocount) / (n + 2 * pseudocount))
+                 - np.log2((b + pseudocount) / (m + 2 * pseudocount)))
+        order = sorted(range(len(kmers)), key=lambda i: (pval[i], -a[i], -len(kmers[i]),
+                                                         kmers[i]))[:top]
+        by_patient[p] = {
+            "n_sequences": n, "n_background": m, "tested": len(kmers),
+            "rows": [{"kmer": kmers[i], "k": len(kmers[i]), "n": int(a[i]),
+                      "n_background": int(b[i]), "log2_enrichment": float(log2e[i]),
+                      "p_value": float(pval[i]), "p_adjusted": float(adjusted[i]),
+                      "significant": bool(adjusted[i] <= alpha)} for i in order]}
+    return {"ks": ks, "top": top, "alpha": alpha, "pseudocount": pseudocount,
+            "by_patient": by_patient}

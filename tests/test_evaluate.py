@@ -13,13 +13,17 @@ from sklearn.metrics import roc_auc_score
 
 from biocls import columns as C
 from biocls.evaluate import (
+    call_counts,
     classification_metrics,
     composition,
     confidence_histogram,
     confusion_table,
     confusion_tables,
     enriched_kmers_by_repertoire,
+    enriched_motifs,
+    least_confident,
     patient_details,
+    predicted_composition,
     roc_points,
     state_summary,
     top_errors,
@@ -188,10 +192,10 @@ def test_cells_evaluate_writes_the_report_numbers(tmp_path: Path) -> None:
         {"true": "C", "pred": "A", "n": 2}]
 
 
-def test_repertoires_evaluate_writes_the_report_numbers(tmp_path: Path) -> None:
-    """Pooled ROC points agree with the pooled AUC; k-mers per repertoire; patterns counted."""
+def _evaluated_repertoires(tmp_path: Path) -> tuple[Path, pd.DataFrame]:
+    """Twelve repertoires' fold outputs gathered by ``biocls evaluate`` into ``res/``; r0 (patient
+    "NA") had 4 invalid rows dropped on reading."""
     from biocls.config import parse_experiment
-    from biocls.report import render_reports
     from biocls.tasks import evaluate, get_task
 
     rng = np.random.default_rng(0)
@@ -204,6 +208,7 @@ def test_repertoires_evaluate_writes_the_report_numbers(tmp_path: Path) -> None:
     reps["kmer_probability"] = rng.uniform(size=12)
     reps["predicted"] = (reps["probability"] >= 0.5).astype(int)
     reps["n_sequences"], reps["n_dropped"] = 100, 0
+    reps.loc[0, "n_dropped"] = 4  # invalid rows of r0's file, dropped and counted on reading
     reps[["patient", "fold"]].to_csv(tmp_path / "splits.tsv", sep="\t", index=False)
     for k, g in reps.groupby("fold"):
         d = tmp_path / "folds" / str(k)
@@ -224,6 +229,16 @@ def test_repertoires_evaluate_writes_the_report_numbers(tmp_path: Path) -> None:
     evaluate(get_task("repertoires"),
              parse_experiment({"task": "repertoires"}, name="t", partial=True),
              splits=tmp_path / "splits.tsv", folds_dir=tmp_path / "folds", out_dir=out)
+    (out / "splits.tsv").write_text((tmp_path / "splits.tsv").read_text())
+    return out, reps
+
+
+def test_repertoires_evaluate_writes_the_report_numbers(tmp_path: Path) -> None:
+    """Pooled ROC points agree with the pooled AUC; k-mers per repertoire; motifs per patient;
+    the call at the threshold; patterns counted."""
+    from biocls.report import render_reports
+
+    out, reps = _evaluated_repertoires(tmp_path)
     m = json.loads((out / "metrics.json").read_text())
     for key, pooled in (("model", m["roc_auc"]["pooled"]),
                         ("kmer_logreg", m["baselines"]["kmer_logreg"]["roc_auc"]["pooled"])):
@@ -233,9 +248,83 @@ def test_repertoires_evaluate_writes_the_report_numbers(tmp_path: Path) -> None:
         assert curve["fpr"][-1] == curve["tpr"][-1] == 1
     assert set(m["enriched_kmers"]["by_repertoire"]) == set(reps["repertoire_id"])
     assert m["n_patterns"] == 2 and "NA" in m["per_patient"]
-    (out / "splits.tsv").write_text((tmp_path / "splits.tsv").read_text())
+    # the call at the threshold agrees with the predicted column the folds wrote
+    assert m["threshold"] == 0.5 and m["n_dropped"] == 4 and m["dropped_sequences"] == {"r0": 4}
+    calls = m["calls"]["model"]
+    assert calls["tp"] + calls["fp"] == int(reps["predicted"].sum())
+    assert calls["tp"] == int((reps["predicted"] & reps["label"]).sum())
+    assert calls["n_positive"] == int(reps["label"].sum())
+    for patient, g in reps.groupby("patient"):
+        assert m["per_patient"][patient]["predicted"] == int(g["probability"].mean() >= 0.5)
+    assert set(m["enriched_motifs"]["by_patient"]) == set(reps["patient"])
     render_reports(out)
     page = (out / "reports" / "patients" / "NA.html").read_text()
-    top = m["enriched_kmers"]["by_repertoire"]["r0"][0]
+    top = m["enriched_motifs"]["by_patient"]["NA"]["rows"][0]
     assert f'<td class="seq">{top["kmer"]}</td>' in page
-    assert f'{top["log2_ratio"]:.2f}' in page
+    assert f'{top["log2_enrichment"]:.2f}' in page
+
+
+def test_report_of_a_repertoire_with_dropped_rows(tmp_path: Path) -> None:
+    """Issue 11: rows dropped on reading (a stop codon, an empty CDR3...) are counted per
+    repertoire in metrics.json; the patient page then failed (``dictsort`` on that count)."""
+    from biocls.report import render_reports
+
+    out, _ = _evaluated_repertoires(tmp_path)
+    assert json.loads((out / "metrics.json").read_text())["dropped_sequences"] == {"r0": 4}
+    render_reports(out)
+    page = (out / "reports" / "patients" / "NA.html").read_text()
+    assert "4 sequence(s) in this repertoire's file were dropped on reading" in page
+
+
+def test_enriched_motifs_put_a_planted_motif_first() -> None:
+    """Many tied rare k-mers (each in one sequence here, none elsewhere) must not hide a motif
+    that is in every attended sequence of the patient and rare in the others'."""
+    rng = np.random.default_rng(0)
+    aa = np.array(list("ACDEFGHIKLMNPQRSTVY"))  # no W: the motif's residue is unique
+
+    def random_cdr3() -> str:
+        return "CAS" + "".join(rng.choice(aa, 8)) + "F"
+
+    rows = [{"patient": "P", "junction_aa": s[:5] + "WHKW" + s[5:]}
+            for s in (random_cdr3() for _ in range(12))]
+    rows += [{"patient": f"Q{i % 6}", "junction_aa": random_cdr3()} for i in range(120)]
+    rows += [{"patient": "Q0", "junction_aa": "CASWHKWF"}]  # the motif once in the background
+    out = enriched_motifs(pd.DataFrame(rows), top=5)
+    assert out["ks"] == [3, 4] and out["alpha"] == 0.05
+    p = out["by_patient"]["P"]
+    assert (p["n_sequences"], p["n_background"]) == (12, 121)
+    first = p["rows"][0]
+    assert first["kmer"] == "WHKW" and first["k"] == 4  # the longest of the tied motif k-mers
+    assert (first["n"], first["n_background"]) == (12, 1) and first["significant"]
+    assert {r["kmer"] for r in p["rows"][:3]} == {"WHKW", "WHK", "HKW"}
+    assert [r["p_value"] for r in p["rows"]] == sorted(r["p_value"] for r in p["rows"])
+    assert first["p_adjusted"] == pytest.approx(min(1.0, first["p_value"] * p["tested"]))
+    # a patient without a motif: nothing passes the multiple-testing correction
+    assert not any(r["significant"] for r in out["by_patient"]["Q3"]["rows"])
+    json.dumps(out)
+
+
+def test_predicted_composition_and_least_confident_cells() -> None:
+    p1 = _cells()[lambda d: d["patient"] == "P1"]
+    comp = predicted_composition(p1)
+    types = {r["label"]: r for r in comp["cell_type"]["rows"]}
+    assert comp["cell_type"]["n_cells"] == 5 and comp["cell_type"]["n_annotated"] == 4
+    assert types["A"]["predicted"] == 2 and types["A"]["predicted_fraction"] == pytest.approx(0.4)
+    assert types["B"]["annotated"] == 2 and types["B"]["annotated_fraction"] == pytest.approx(0.5)
+    assert sum(r["predicted_fraction"] for r in comp["cell_state"]["rows"]) == pytest.approx(1)
+    least = least_confident(p1, top=2)
+    # c3: type confidence 0.3; then c1 (0.6); states are 0.7 everywhere
+    assert [r["cell_id"] for r in least] == ["c3", "c1"]
+    assert least[0]["confidence"] == pytest.approx(0.3)
+    assert least[0]["cell_type"] == {"annotated": "", "predicted": "A", "confidence": 0.3}
+    assert least[1]["cell_state"]["annotated"] == ""  # unannotated state
+    details = patient_details(_cells())["P2"]
+    assert details["least_confident"][0]["cell_id"] == "c7"
+    assert "predicted_composition" in details
+
+
+def test_call_counts() -> None:
+    c = call_counts([1, 1, 0, 0, 2], [0.9, 0.4, 0.5, 0.1, 0.9])
+    assert (c["tp"], c["fn"], c["fp"], c["tn"]) == (1, 1, 1, 1)  # label 2 left out; 0.5 calls
+    assert c["sensitivity"] == c["specificity"] == c["accuracy"] == 0.5
+    assert call_counts([0, 0], [0.1, 0.2])["sensitivity"] is None

@@ -158,3 +158,56 @@ def test_positive_label_inference():
     assert positive_label(["a", "b"], given="a") == "a"
     with pytest.raises(BioclsError, match="positive_label"):
         positive_label(["a", "b"])
+
+
+@pytest.mark.parametrize(("column", "value", "kind"), [
+    ("duplicate_count", "-3", "negative"),
+    ("duplicate_count", "2.5", "not a whole number"),
+    ("duplicate_count", "many", "not a number"),
+    ("templates", "-1", "negative"),  # DeepRC's layout
+])
+def test_bad_count_is_an_error_naming_file_line_and_column(tmp_path, column, value, kind):
+    """Issue 11: a negative, fractional or non-numeric count was read as 1 and used."""
+    seq = "junction_aa" if column == "duplicate_count" else "amino_acid"
+    d = tmp_path / "repertoires"
+    d.mkdir()
+    pd.DataFrame({seq: ["CASSF", "CASRF", "CATTF"], column: ["4", "", value]}).to_csv(
+        d / "r1.tsv", sep="\t", index=False)
+    with pytest.raises(BioclsError) as err:
+        read_repertoire(d / "r1.tsv")
+    msg = str(err.value)
+    assert f"{d / 'r1.tsv'}: line 4, column {column}" in msg  # header = line 1
+    assert f"{value!r} is {kind}" in msg and "fix:" in msg and "\n" not in msg
+    pd.DataFrame({"repertoire_id": ["r1"], "subject_id": ["p1"], "label": ["1"]}).to_csv(
+        tmp_path / "metadata.tsv", sep="\t", index=False)
+    files = find_repertoire_files(d)
+    meta = read_repertoire_metadata(tmp_path / "metadata.tsv", keys=KEYS, files=files)
+    with pytest.raises(BioclsError, match="line 4"):
+        build_cdr3_store(meta, files, tmp_path / "store.h5", positive="1", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metadata.tsv", "repertoires"]
+
+
+def test_zero_count_rows_are_dropped_and_counted(tmp_path):
+    """A count of 0 (a sequence observed no times) must not train: the row is dropped and
+    counted like an invalid sequence, never kept with a made-up count."""
+    d = tmp_path / "repertoires"
+    d.mkdir()
+    pd.DataFrame({"junction_aa": ["CASSF", "CASRF", "CATTF"],
+                  "duplicate_count": ["4", "0", "2"]}).to_csv(d / "r1.tsv", sep="\t",
+                                                              index=False)
+    pd.DataFrame({"repertoire_id": ["r1"], "subject_id": ["p1"], "label": ["1"]}).to_csv(
+        tmp_path / "metadata.tsv", sep="\t", index=False)
+    files = find_repertoire_files(d)
+    meta = read_repertoire_metadata(tmp_path / "metadata.tsv", keys=KEYS, files=files)
+    info = build_cdr3_store(meta, files, tmp_path / "store.h5", positive="1", progress=False)
+    assert int(info["n_sequences"].iat[0]) == 2 and int(info["n_dropped"].iat[0]) == 1
+    with CDR3Store(tmp_path / "store.h5") as st:
+        bag = st.bag(0)
+        assert bag.sequences() == ["CASSF", "CATTF"] and bag.counts.tolist() == [4.0, 2.0]
+
+
+def test_missing_and_whole_counts_are_read(tmp_path):
+    """Empty / NA counts stay 1 (documented); 3.0 is the whole number 3."""
+    pd.DataFrame({"junction_aa": ["CASSF"] * 4, "duplicate_count": ["", "NA", "3.0", " 5 "]}
+                 ).to_csv(tmp_path / "r.tsv", sep="\t", index=False)
+    assert read_repertoire(tmp_path / "r.tsv")["duplicate_count"].tolist() == [1, 1, 3, 5]

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from report_checks import check_bundle, check_links
 
 from biocls import BioclsError
 from biocls.columns import read_predictions
@@ -19,11 +20,13 @@ from biocls.evaluate import (
     confusion_tables,
     enriched_kmers,
     enriched_kmers_by_repertoire,
+    enriched_motifs,
     patient_details,
     roc_curve,
     roc_points,
 )
 from biocls.report import _plots, page_names, render_reports
+from biocls.report import _render as render_module
 
 EVIL = "<script>alert(1)</script>"
 AMP_LABEL = "B & plasma"
@@ -104,7 +107,8 @@ def _cells_results(root: Path, *, with_state: bool = True) -> Path:
         "certificate": {
             "cell_type": {"bound": 0.3141, "test_error": 0.15, "delta": 0.05, "m": 100}
         },
-        "preprocess": {"raw_counts": True, "note": "normalised & log1p"},
+        "preprocess": {"raw_counts": True, "note": "normalised & log1p", "qc_removed": 7,
+                       "qc_removed_by_patient": {"P1": 5, "p1": 2, EVIL: 0, "007": 0}},
         "pseudo_groups": "one donor: cells split into 4 pseudo-patients",
     }
     if not with_state:
@@ -134,6 +138,7 @@ def _repertoire_results(root: Path) -> Path:
                     "label": y,
                     "probability": 0.3 + 0.4 * y + 0.05 * i,
                     "kmer_probability": 0.5,
+                    "predicted": int(0.3 + 0.4 * y + 0.05 * i >= 0.5),
                 }
                 for i, (r, p, f, y) in enumerate(reps)
             ]
@@ -165,6 +170,9 @@ def _repertoire_results(root: Path) -> Path:
                     "rank": k + 1,
                     "junction_aa": f"CASSGGG{q}{k}F",
                     "similarity": 0.9 - 0.1 * k,
+                    "head_weight": 1.0 - 0.25 * q,
+                    "pattern_rank": q + 1,
+                    "repertoire_id": "r0",
                 }
                 for q in range(10)
                 for k in range(3)
@@ -183,9 +191,11 @@ def _repertoire_results(root: Path) -> Path:
             "kmer_logreg": {"roc_auc": {"mean": 0.6123, "sd": 0.1, "folds": [0.6, 0.5, 0.7]}}
         },
         "per_patient": {
-            s: {"probability": 0.4321, "label": 1, "fold": k} for k, s in enumerate(subjects)
+            s: {"probability": 0.4321, "label": 1, "fold": k, "predicted": 0, "n_repertoires": 2}
+            for k, s in enumerate(subjects)
         },
-        "dropped_sequences": {"r0": {"invalid": 3, "empty": 1}},
+        "threshold": 0.5,
+        "dropped_sequences": {"r0": 4},  # as RepertoiresTask.metrics writes it: a count
     }
     pred = read_predictions(d / "predictions.tsv")
     metrics["roc_curve"] = {
@@ -194,27 +204,35 @@ def _repertoire_results(root: Path) -> Path:
     }
     attention = read_predictions(d / "attention.tsv", required=["repertoire_id"])
     metrics["enriched_kmers"] = enriched_kmers_by_repertoire(attention)
+    metrics["enriched_motifs"] = enriched_motifs(attention)
     metrics["n_patterns"] = 10
     (d / "metrics.json").write_text(json.dumps(metrics))
+    (d / "model").mkdir()  # the final model's metadata names the positive class
+    (d / "model" / "model.json").write_text(json.dumps({"meta": {"positive_label": "CMV+"}}))
     return d
 
 
 def _check_pages(results: Path, paths: list[Path], n_patients: int) -> tuple[str, list[str]]:
     reports = results / "reports"
-    assert paths[0] == reports / "index.html"
+    assert paths[0] == reports / "index.html" and paths[-1] == reports / "all_pages.html"
     pages = sorted((reports / "patients").glob("*.html"))
-    assert len(pages) == n_patients == len(paths) - 1
-    assert sorted(paths[1:]) == pages
+    assert len(pages) == n_patients == len(paths) - 2
+    assert sorted(paths[1:-1]) == pages
     index = (reports / "index.html").read_text()
-    texts = [index] + [p.read_text() for p in pages]
+    bundle = (reports / "all_pages.html").read_text()
+    texts = [index] + [p.read_text() for p in pages] + [bundle]
+    check_links(reports / "index.html")
     for page in pages:
         assert re.fullmatch(r"[A-Za-z0-9._-]+\.html", page.name)
         assert f'href="patients/{page.name}"' in index
         assert 'href="../index.html"' in page.read_text()
+        check_links(page)
+    check_bundle(bundle, n_patients)
     for text in texts:
         assert "<script" not in text.lower()
         assert "http" not in text  # self-contained: no external links, scripts or fonts
-        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in index
+    for text in (index, bundle):
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
     return index, texts
 
 
@@ -228,7 +246,9 @@ def test_cells_report(tmp_path: Path) -> None:
     assert "B &amp; plasma" in index and "B & plasma" not in index
     assert "exp &lt;b&gt;bold&lt;/b&gt;" in index
     assert "pseudo-patients" in index and "exchangeable" in index
-    assert index.count("data:image/png;base64,") == 4  # 3 confusion matrices + unseen bars
+    # confusion matrices: type and state, each model next to logreg; the joint head's two;
+    # and the unseen-combination bars
+    assert index.count("data:image/png;base64,") == 7
     assert "biocls report --results" in index
     evil_page = (
         results / "reports" / "patients" / f"{page_names(PATIENTS)[EVIL]}.html"
@@ -260,8 +280,16 @@ def test_repertoire_report(tmp_path: Path) -> None:
     assert index.count("<h3>Pattern ") == 8  # first 8 of 10 patterns
     page = (results / "reports" / "patients" / "S1.html").read_text()
     assert "CASS&lt;IMG&gt;F" in page and "<IMG>" not in page
-    assert "TRBV5-1" in page and "3 invalid" in page and "Enriched 3-mers" in page
+    assert "TRBV5-1" in page and "Enriched motifs" in page
+    assert "4 sequence(s) in this repertoire's file were dropped" in page
     assert (results / "reports" / "patients" / "S_3.html").exists()
+    # classes by name (the model's positive label), the call, its threshold; never a bare 0/1
+    assert "metadata label “CMV+”" in index and "positive when the model's probability" in index
+    assert "Annotated: <strong>positive</strong>" in page
+    assert "Predicted: <strong>negative</strong>" in page and ">wrong<" in page
+    assert "called positive from 0.50" in page
+    for text in texts:
+        assert "label 1" not in text and "label 0" not in text
 
 
 def test_failure_leaves_no_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -383,3 +411,124 @@ def test_renderer_does_not_compute() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, check=True)
     assert proc.stdout.strip() == "[]"
+
+
+def test_repertoire_patterns_explain_their_order_and_scale(tmp_path: Path) -> None:
+    results = _repertoire_results(tmp_path)
+    render_reports(results)
+    index = (results / "reports" / "index.html").read_text()
+    assert "<strong>Order:</strong>" in index and "<strong>Scale:</strong>" in index
+    assert "Pattern 0 · rank 1 · head weight +1.000" in index
+    assert "Pattern 7 · rank 8 · head weight -0.750" in index  # negative weights say so
+    assert index.index("Pattern 0 ·") < index.index("Pattern 1 ·")
+
+
+def test_motif_is_ranked_first_and_marked_in_the_sequences(tmp_path: Path) -> None:
+    """A motif in every attended sequence of one patient tops its table and is highlighted."""
+    results = _repertoire_results(tmp_path)
+    att = read_predictions(results / "attention.tsv", required=["repertoire_id"])
+    mine = att["patient"] == "S1"
+    # 8 distinct sequences, the motif between varied neighbours
+    att.loc[mine, "junction_aa"] = [f"CA{'QRTE'[i % 4]}WHKW{'GSAL'[i % 4]}{'YH'[i // 4]}F"
+                                    for i in range(int(mine.sum()))]
+    _write(results / "attention.tsv", att)
+    m = json.loads((results / "metrics.json").read_text())
+    m["enriched_motifs"] = enriched_motifs(att)
+    (results / "metrics.json").write_text(json.dumps(m))
+    render_reports(results)
+    page = (results / "reports" / "patients" / "S1.html").read_text()
+    first = m["enriched_motifs"]["by_patient"]["S1"]["rows"][0]
+    assert first["kmer"] == "WHKW" and first["significant"]
+    assert '<td class="seq"><mark>WHKW</mark></td>' in page  # first row of the motif table
+    attended = "".join(page.split("Most attended")[1:])
+    assert attended.count("<mark>WHKW</mark>") == int(mine.sum())  # every attended sequence
+    other = (results / "reports" / "patients" / "S_3.html").read_text()
+    assert "No k-mer is enriched beyond chance" in other and "<mark>" not in other
+
+
+def test_roc_curves_that_coincide_stay_distinguishable() -> None:
+    """Two perfect classifiers: the same points, drawn in different styles, AUCs in the legend."""
+    fpr, tpr = np.array([0.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0])
+    fig = _plots._roc_figure([("model", fpr, tpr, 1.0), ("k-mer", fpr, tpr, 1.0)])
+    ax = fig.axes[0]
+    model, kmer = ax.lines[1], ax.lines[2]
+    assert (model.get_linestyle(), model.get_marker()) != (kmer.get_linestyle(), kmer.get_marker())
+    assert model.get_linewidth() > kmer.get_linewidth() and kmer.get_zorder() > model.get_zorder()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "model: pooled AUC 1.000" in labels and "k-mer: pooled AUC 1.000" in labels
+
+
+def test_cell_pages_show_composition_uncertain_cells_qc_and_logreg(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = _cells_results(tmp_path)
+    confusion = _record(monkeypatch, "confusion_matrix")
+    render_reports(results)
+    assert len(confusion) == 6  # type and state: factored and logreg; joint type and state
+    index = (results / "reports" / "index.html").read_text()
+    assert "cell type, logistic regression" in index and "cell state, logistic regression" in index
+    # the model and its baseline share a row of the page
+    row = index.split('<div class="grid">')[1].split("</div>")[0]
+    assert "factored model" in row and "logistic regression" in row
+    assert "7 cells removed before the folds were made" in index
+    pages = results / "reports" / "patients"
+    p1 = (pages / "P1.html").read_text()
+    assert "Quality control removed 5 more of this patient" in p1
+    evil = (pages / f"{page_names(PATIENTS)[EVIL]}.html").read_text()
+    assert "Quality control removed none" in evil
+    # predicted composition: every type of the patient with its share of its cells
+    pred = read_predictions(results / "predictions.tsv")
+    mine = pred[pred["patient"] == "P1"]
+    assert "Predicted composition" in p1
+    for label, n in mine["pred_cell_type"].value_counts().items():
+        cells = f'<td class="num">{n}</td><td class="num">{100 * n / len(mine):.1f}%</td>'
+        assert f"<td>{label.replace('&', '&amp;')}</td>{cells}" in p1
+    # the least confident cell first
+    conf = mine[["cell_type_confidence", "cell_state_confidence"]].min(axis=1)
+    assert "Least confident cells" in p1
+    least = p1.split("Least confident cells")[1]
+    assert least.index(f"<td>{mine.loc[conf.idxmin(), 'cell_id']}</td>") < least.index("</tbody>")
+    assert least.split("<tbody>")[1].split("</td>")[0].endswith(mine.loc[conf.idxmin(), "cell_id"])
+
+
+def test_every_page_states_its_provenance(tmp_path: Path) -> None:
+    """biocls version, config hash (from `biocls report --config-hash`), render date, model."""
+    from biocls import __version__
+    from biocls.cli import main
+
+    results = _cells_results(tmp_path)
+    (results / "model").mkdir()
+    (results / "model" / "model.json").write_text(json.dumps({"meta": {"spec_name": "x"}}))
+    assert main(["report", "--results", str(results), "--config-hash", "0123abcd4567"]) == 0
+    pages = sorted((results / "reports").rglob("*.html"))
+    assert len(pages) == len(PATIENTS) + 2
+    for page in pages:
+        text = page.read_text()
+        assert f"biocls {__version__}" in text, page.name
+        assert "config 0123abcd4567" in text, page.name
+        assert re.search(r"rendered \d{4}-\d\d-\d\d \d\d:\d\d UTC", text), page.name
+        assert f"model {results / 'model'}" in text, page.name
+        assert "--config-hash 0123abcd4567" in text  # the regenerate command keeps it
+    # metrics.json is left alone: the date lives on the pages only
+    assert "rendered" not in (results / "metrics.json").read_text()
+    render_reports(results)
+    assert "config not recorded" in (results / "reports" / "index.html").read_text()
+
+
+def test_a_bundle_too_large_for_a_data_url_drops_the_patients_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = _cells_results(tmp_path)
+    render_reports(results)
+    bundle = (results / "reports" / "all_pages.html").read_text()
+    assert bundle.count("data:image/png;base64,") == 7 + 2 * 3  # index, and 3 patients with cells
+    monkeypatch.setattr(render_module, "BUNDLE_LIMIT", 50_000)
+    render_reports(results)
+    bundle = (results / "reports" / "all_pages.html").read_text()
+    assert bundle.count("data:image/png;base64,") == 7  # the index keeps its figures
+    assert bundle.count("left out of this single-file view") == 3
+    assert "reports/patients/P1.html" in bundle
+    assert "snakemake --report report.zip" in bundle  # still over the (patched) limit
+    # the standalone pages keep every figure
+    page = (results / "reports" / "patients" / "P1.html").read_text()
+    assert page.count("data:image/png;base64,") == 2

@@ -124,6 +124,36 @@ def test_snakemake_report_builds(run: Path) -> None:
 
 
 @pytest.mark.slow
+def test_snakemake_report_pages_link_within_themselves(run: Path, tmp_path: Path) -> None:
+    """Issue 11: Snakemake's report.html shows each result as a data: URL in a frame, where a
+    relative link ("patients/P1.html", "../index.html") opens a blank page. It embeds one page
+    per experiment, all_pages.html, whose every link is an anchor of that same page; the
+    standalone pages keep their relative links, to files that exist."""
+    import base64
+    import re
+
+    from report_checks import check_bundle, check_links
+
+    report = tmp_path / "report.html"
+    proc = snakemake(run, "--report", str(report), timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = re.search(r'<script id="results">\s*var results = (.*?);\s*</script>',
+                      report.read_text(), re.S)
+    assert found, "Snakemake's report layout changed: no results script"
+    html = {path: r for path, r in json.loads(found.group(1)).items()
+            if r["mime_type"] == "text/html"}
+    assert list(html) == [f"results/{EXP}/reports/all_pages.html"]
+    uri = html[f"results/{EXP}/reports/all_pages.html"]["data_uri"]
+    assert len(uri) < 2 * 1024 * 1024  # Chromium shows no longer data: URL in a frame
+    page = base64.b64decode(uri.split("base64,", 1)[1]).decode("utf-8")
+    check_bundle(page, N_PATIENTS)
+    assert re.search(r"config [0-9a-f]{12}", page)  # the rule passes the config hash
+    reports = run / "results" / EXP / "reports"
+    for standalone in [reports / "index.html", *sorted((reports / "patients").glob("*.html"))]:
+        assert check_links(standalone), standalone.name
+
+
+@pytest.mark.slow
 def test_same_config_twice_gives_identical_results(run: Path, tmp_path: Path) -> None:
     """Issue 5: on CPU a second run from scratch, in another folder, is byte-identical."""
     shutil.copy(run / "tiny.yaml", tmp_path / "tiny.yaml")

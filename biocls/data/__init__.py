@@ -3,10 +3,12 @@
 from biocls.data._airr import (
     RepertoireChunk,
     find_repertoire_files,
+    is_repertoire_file,
     iter_repertoire_chunks,
     positive_label,
     read_repertoire,
     read_repertoire_metadata,
+    scan_repertoire_folder,
 )
 from biocls.data._anndata import check_values, read_cells, validate_cells
 from biocls.data._examples import example_dataset
@@ -16,10 +18,12 @@ __all__ = [
     "check_values",
     "example_dataset",
     "find_repertoire_files",
+    "is_repertoire_file",
     "iter_repertoire_chunks",
     "positive_label",
     "read_cells",
     "read_repertoire",
     "read_repertoire_metadata",
+    "scan_repertoire_folder",
     "validate_cells",
 ]

@@ -27,10 +27,12 @@ from biocls._errors import BioclsError
 __all__ = [
     "RepertoireChunk",
     "find_repertoire_files",
+    "is_repertoire_file",
     "iter_repertoire_chunks",
     "positive_label",
     "read_repertoire",
     "read_repertoire_metadata",
+    "scan_repertoire_folder",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,76 @@ def find_repertoire_files(directory: str | Path, *, exclude: tuple[str, ...] = (
                               where=str(d), fix="keep one file per repertoire ID")
         out[rid] = p
     return out
+
+
+def is_repertoire_file(path: str | Path) -> bool:
+    """Whether ``path`` looks like one repertoire: a ``.tsv``/``.tsv.gz`` whose header has a CDR3
+    column (``junction_aa``, ``cdr3_aa`` or DeepRC's ``amino_acid``) and at least one
+    per-sequence column (a count, ``v_call``/``v_gene`` or ``j_call``/``j_gene``).
+
+    The second condition tells a repertoire from a table *about* sequences, such as the
+    simulator's ``truth.tsv`` (``repertoire_id, junction_aa, motif, ...``). Only the header is
+    read; an empty file is not a repertoire, an unreadable one is an error naming it.
+    """
+    path = Path(path)
+    if not path.is_file() or not path.name.endswith(SUFFIXES):
+        return False
+    try:
+        header = pd.read_csv(path, sep="\t", nrows=0).columns.tolist()
+    except pd.errors.EmptyDataError:
+        return False
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as e:
+        raise BioclsError(f"cannot read the header ({type(e).__name__}: {e})", where=str(path),
+                          fix="check the file is a (gzipped) tab-separated table") from None
+    return (_pick(header, SEQUENCE_COLUMNS) is not None
+            and any(_pick(header, cols) is not None
+                    for cols in (COUNT_COLUMNS, V_COLUMNS, J_COLUMNS)))
+
+
+def scan_repertoire_folder(directory: str | Path) -> tuple[dict[str, Path], list[Path]]:
+    """The repertoire files of a folder given to ``biocls predict``, and the TSVs skipped.
+
+    Returns ``(files, skipped)``: ``files`` maps repertoire ID to path for every file that
+    :func:`is_repertoire_file` accepts; ``skipped`` lists the other ``.tsv``/``.tsv.gz`` files
+    (``metadata.tsv``, ``truth.tsv``, ...). When no file is left, the error says what the folder
+    holds and names a subfolder that does hold repertoire files, if one does.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise BioclsError("not a folder" if d.exists() else "folder not found", where=str(d),
+                          fix="pass --input the folder that holds the <repertoire_id>.tsv files")
+    everything = find_repertoire_files(d, exclude=())
+    files = {rid: p for rid, p in everything.items() if is_repertoire_file(p)}
+    skipped = [p for rid, p in everything.items() if rid not in files]
+    if files:
+        return files, skipped
+    found = [f"{len(skipped)} TSV(s) without repertoire columns "
+             f"({_names(skipped)})"] if skipped else []
+    subdirs = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        found.append(f"subfolder(s) {_names(subdirs, slash=True)}")
+    fix = ("point --input at a folder of <repertoire_id>.tsv files with a junction_aa (or "
+           "cdr3_aa, amino_acid) column and a duplicate_count, v_call or j_call column")
+    for sub in subdirs:
+        n = sum(_quietly_repertoire(p) for p in sorted(sub.iterdir()))
+        if n:
+            fix = f"the repertoire files are probably in {sub} ({n} there): pass --input {sub}"
+            break
+    raise BioclsError(f"no repertoire files; found {', '.join(found) or 'nothing'}",
+                      where=str(d), fix=fix)
+
+
+def _quietly_repertoire(path: Path) -> bool:
+    try:
+        return is_repertoire_file(path)
+    except BioclsError:
+        return False
+
+
+def _names(paths: list[Path], *, slash: bool = False, limit: int = 5) -> str:
+    names = [p.name + ("/" if slash else "") for p in paths]
+    more = f", and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
 
 
 def read_repertoire_metadata(path: str | Path, *, keys: Mapping[str, str] | None = None,
@@ -195,8 +267,11 @@ def iter_repertoire_chunks(path: str | Path, *, chunksize: int = 262_144
                            ) -> Iterator[RepertoireChunk]:
     """Stream one repertoire file (AIRR or DeepRC columns) in blocks of ``chunksize`` rows.
 
-    Missing counts become 1, as do non-numeric or non-positive ones; missing V/J calls become
-    ``""``. Only the needed columns are parsed, so a 10^6-row file never sits in memory as text.
+    An empty count (or ``NA``, ``NaN``, ``None``, ``null``) becomes 1; a row whose count is 0 (a
+    sequence observed no times, as some exports list) is dropped and counted like an invalid
+    sequence; a count that is negative, fractional or non-numeric is a one-line error naming the
+    file, the line and the column. Missing V/J calls become ``""``. Only the needed columns are
+    parsed, so a 10^6-row file never sits in memory as text.
     """
     path = Path(path)
     try:
@@ -215,20 +290,48 @@ def iter_repertoire_chunks(path: str | Path, *, chunksize: int = 262_144
     use = [c for c in (seq_col, cnt_col, v_col, j_col) if c is not None]
     reader = pd.read_csv(path, sep="\t", usecols=use, dtype=str, keep_default_na=False,
                          chunksize=chunksize, na_filter=False)
+    start = 0  # data rows read so far: the file's line number is start + row + 2
     for df in reader:
         n = len(df)
-        if cnt_col is not None:
-            c = pd.to_numeric(df[cnt_col], errors="coerce").to_numpy(dtype=np.float64)
-            c = np.where(np.isfinite(c) & (c > 0), c, 1.0)
-        else:
-            c = np.ones(n)
+        c = _counts(df[cnt_col], path, cnt_col, start) if cnt_col is not None else np.ones(n)
+        start += n
         empty = np.full(n, "", dtype=object)
+        seq = df[seq_col].to_numpy(dtype=object)
+        if (c == 0).any():  # an empty sequence is what the store drops and counts
+            seq = np.where(c == 0, "", seq).astype(object)
+            c = np.where(c == 0, 1.0, c)
         yield RepertoireChunk(
-            sequence=df[seq_col].to_numpy(dtype=object),
+            sequence=seq,
             count=c,
             v=df[v_col].to_numpy(dtype=object) if v_col else empty,
             j=df[j_col].to_numpy(dtype=object) if j_col else empty,
         )
+
+
+#: Count fields read as "not given" (then 1), compared case-insensitively after stripping.
+MISSING_COUNTS = frozenset({"", "na", "nan", "n/a", "none", "null", "<na>"})
+
+
+def _counts(col: pd.Series, path: Path, name: str, start: int) -> np.ndarray:
+    """Duplicate counts of one block as float64: missing → 1, 0 stays 0 (the caller drops the
+    row); anything but a whole number ≥ 0 is an error naming the file, the line (header = line 1)
+    and the column."""
+    text = col.astype(str).str.strip()
+    missing = text.str.lower().isin(MISSING_COUNTS).to_numpy()
+    c = pd.to_numeric(text.where(~missing, "1"), errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~(np.isfinite(c) & (c >= 0) & (c == np.round(c)))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        value = col.iat[i]
+        kind = ("not a number" if np.isnan(c[i]) else "negative" if c[i] < 0
+                else "not a whole number" if np.isfinite(c[i]) else "not finite")
+        more = int(bad.sum()) - 1
+        raise BioclsError(
+            f"{name} {value!r} is {kind}{f' (and at least {more} more)' if more else ''}",
+            where=f"{path}: line {start + i + 2}, column {name}",
+            fix=f"{name} must be a whole number (the sequence's copy number; 0 drops the row); "
+                "leave it empty where unknown (read as 1)")
+    return c
 
 
 def read_repertoire(path: str | Path) -> pd.DataFrame:

@@ -461,8 +461,9 @@ class CellPreprocessor:
                 f"{f' {source}' if source else ''} and were zero-filled "
                 f"({n_missing_all} of {len(self.genes_)} fitted genes missing in total)"
             )
+            # a warning only: `biocls` prints it as one log line (a second logger.warning here
+            # printed it twice on the command line)
             warnings.warn(msg, UserWarning, stacklevel=2)
-            logger.warning(msg)
 
         if sp.issparse(X) and X.format != "csr":
             X = X.tocsr()

@@ -15,9 +15,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "out", nargs="?", default=None, help="output folder (default: RESULTS/reports)"
     )
+    parser.add_argument("--config-hash", help="the experiment's config hash, shown on every page")
     args = parser.parse_args(argv)
     try:
-        paths = render_reports(args.results, args.out)
+        paths = render_reports(args.results, args.out, config_hash=args.config_hash)
     except BioclsError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

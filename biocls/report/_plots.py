@@ -52,10 +52,23 @@ def _style() -> Iterator[None]:
 
 
 def _to_uri(fig: Figure) -> str:
+    """The figure as a ``data:`` URI of a 256-colour PNG.
+
+    Quantised to a palette (median cut, no dithering): a third of the bytes of the RGBA PNG at
+    the same resolution, which keeps ``all_pages.html`` small enough for Snakemake's report.
+    """
+    from PIL import Image
+
     buf = io.BytesIO()
     # No "Software" tag: keeps the bytes free of URLs and stable across runs.
     fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    buf.seek(0)
+    with Image.open(buf) as image:
+        palette = image.convert("RGB").quantize(
+            colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    out = io.BytesIO()
+    palette.save(out, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(out.getvalue()).decode("ascii")
 
 
 def _short(label: str) -> str:
@@ -84,7 +97,8 @@ def _heatmap(
                 v = values[i, j]
                 # viridis is dark at the bottom: white text there, black text on the bright end.
                 colour = "white" if v < 0.6 * (vmax or 1) else "black"
-                ax.text(j, i, format(v, fmt), ha="center", va="center", fontsize=8, color=colour)
+                ax.text(j, i, format(v, fmt), ha="center", va="center",
+                        fontsize=mpl.rcParams["font.size"] - 1, color=colour)
     return image
 
 
@@ -98,8 +112,9 @@ def confusion_matrix(counts: np.ndarray, labels: Sequence[str], *, title: str) -
     totals = counts.sum(axis=1, keepdims=True)
     frac = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
     n = len(labels)
-    size = min(3.0 + 0.45 * n, 12.0)
-    with _style():
+    size = min(2.4 + 0.4 * n, 12.0)
+    # larger type than the other figures: two matrices sit side by side on the index page
+    with _style(), mpl.rc_context({"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10}):
         fig = Figure(figsize=(size + 1.0, size))
         ax = fig.add_subplot()
         rows = [f"{_short(lab)} (n={int(t)})" for lab, t in zip(labels, totals[:, 0], strict=True)]
@@ -233,28 +248,51 @@ def confidence_histograms(
         return _to_uri(fig)
 
 
+#: line style and marker per model, so that two curves that coincide stay distinguishable
+_CURVE_STYLES = {
+    "model": {"linestyle": "-", "marker": "o", "linewidth": 3.0, "markersize": 6, "zorder": 2},
+    "k-mer": {"linestyle": "--", "marker": "s", "linewidth": 1.6, "markersize": 3.5,
+              "zorder": 3},
+}
+
+
 def roc_curves(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]]) -> str:
-    """ROC curves of pooled out-of-fold predictions, one line per model, with the chance line."""
+    """ROC curves of pooled out-of-fold predictions, one line per model, with the chance line.
+
+    The first model is drawn thick and solid with circles, the next thin and dashed with small
+    squares on top of it: where two curves coincide (two perfect classifiers) both stay visible.
+    The legend gives each model's pooled AUC.
+    """
     with _style():
-        fig = Figure(figsize=(4.2, 4.0))
-        ax = fig.add_subplot()
-        ax.plot([0, 1], [0, 1], color=GREY, linestyle=":", linewidth=1, label="chance")
-        for name, fpr, tpr, auc in curves:
-            ax.plot(
-                fpr,
-                tpr,
-                color=MODEL_COLOURS.get(name, GREY),
-                linewidth=1.8,
-                label=f"{name} (pooled AUC {auc:.3f})",
-            )
-        ax.set_xlim(0, 1)
-        ax.set_ylim(0, 1.01)
-        ax.set_aspect("equal")
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.set_title("ROC, out-of-fold repertoires")
-        ax.legend(loc="lower right")
-        return _to_uri(fig)
+        return _to_uri(_roc_figure(curves))
+
+
+def _roc_figure(curves: Sequence[tuple[str, np.ndarray, np.ndarray, float]]) -> Figure:
+    """The figure of :func:`roc_curves` (call inside :func:`_style`)."""
+    fig = Figure(figsize=(4.6, 4.2))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], color=GREY, linestyle=":", linewidth=1, label="chance (AUC 0.5)")
+    for name, fpr, tpr, auc in curves:
+        style = _CURVE_STYLES.get(name, {"linestyle": "-.", "marker": "^", "linewidth": 1.4})
+        ax.plot(
+            fpr,
+            tpr,
+            color=MODEL_COLOURS.get(name, GREY),
+            markerfacecolor="white" if style.get("marker") == "o" else None,
+            # about a dozen markers per curve, however many thresholds it has
+            markevery=max(1, len(fpr) // 12),
+            label=f"{name}: pooled AUC {auc:.3f}",
+            clip_on=False,
+            **style,
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.0)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title("ROC, out-of-fold repertoires")
+    ax.legend(loc="lower right", frameon=True, framealpha=0.9, edgecolor="none")
+    return fig
 
 
 def fold_auc_dots(folds: Sequence[str], series: dict[str, Sequence[float | None]]) -> str:
@@ -264,27 +302,38 @@ def fold_auc_dots(folds: Sequence[str], series: dict[str, Sequence[float | None]
         ax = fig.add_subplot()
         x = np.arange(len(folds))
         offsets = np.linspace(-0.12, 0.12, max(len(series), 1))
-        for off, (name, values) in zip(offsets, series.items(), strict=True):
+        markers = ["o", "s", "^", "D"]
+        for k, (off, (name, values)) in enumerate(zip(offsets, series.items(), strict=True)):
             vals = np.array([np.nan if v is None else float(v) for v in values])
-            ax.plot(x + off, vals, "o", color=MODEL_COLOURS.get(name, GREY), label=name)
+            ax.plot(x + off, vals, markers[k % len(markers)], color=MODEL_COLOURS.get(name, GREY),
+                    label=name, clip_on=False)
         ax.axhline(0.5, color=GREY, linestyle=":", linewidth=1)
         ax.set_xticks(x, folds)
-        ax.set_ylim(0, 1.02)
+        ax.set_xlim(-0.5, len(folds) - 0.5)
+        ax.set_ylim(0, 1.0)
         ax.set_xlabel("fold")
         ax.set_ylabel("ROC AUC")
         ax.set_title("ROC AUC per fold")
-        ax.legend(loc="lower left", bbox_to_anchor=(1.0, 0.0))
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return _to_uri(fig)
 
 
-def probability_strip(probability: np.ndarray, label: np.ndarray, highlight: np.ndarray) -> str:
-    """All out-of-fold probabilities by true label, with this patient's repertoires marked.
+def probability_strip(
+    probability: np.ndarray,
+    label: np.ndarray,
+    highlight: np.ndarray,
+    *,
+    names: tuple[str, str] = ("negative", "positive"),
+    threshold: float | None = None,
+) -> str:
+    """All out-of-fold probabilities by annotated class, with this patient's repertoires marked.
 
-    Puts one patient's score in the context of the whole cohort.
+    Puts one patient's score in the context of the whole cohort; ``names`` are the classes of
+    label 0 and 1, and ``threshold`` (dashed) is where a repertoire is called positive.
     """
     rng = np.random.default_rng(0)  # fixed jitter: the same picture on every run
     with _style():
-        fig = Figure(figsize=(5.5, 2.2))
+        fig = Figure(figsize=(6.0, 2.3))
         ax = fig.add_subplot()
         # One jittered height per point, shared by the cohort dots and this patient's markers.
         height = label.astype(float) + rng.uniform(-0.15, 0.15, len(label))
@@ -297,8 +346,11 @@ def probability_strip(probability: np.ndarray, label: np.ndarray, highlight: np.
                 color=colour,
                 alpha=0.35,
                 markersize=4,
-                label=f"label {value} (n={int(sel.sum())})",
+                label=f"annotated {names[value]} (n={int(sel.sum())})",
             )
+        if threshold is not None:
+            ax.axvline(float(threshold), color=GREY, linestyle="--", linewidth=1,
+                       label=f"threshold {float(threshold):g}")
         hl = highlight.astype(bool)
         ax.plot(
             probability[hl],
@@ -310,10 +362,10 @@ def probability_strip(probability: np.ndarray, label: np.ndarray, highlight: np.
             markeredgewidth=1.6,
             label="this patient",
         )
-        ax.set_yticks([0, 1], ["label 0", "label 1"])
+        ax.set_yticks([0, 1], [f"annotated\n{names[0]}", f"annotated\n{names[1]}"])
         ax.set_ylim(-0.5, 1.5)
         ax.set_xlim(-0.02, 1.02)
-        ax.set_xlabel("predicted probability (out of fold)")
+        ax.set_xlabel("model probability of the positive class (out of fold)")
         ax.set_title("this patient among all repertoires")
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return _to_uri(fig)

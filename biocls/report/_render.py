@@ -9,29 +9,42 @@ The renderer only renders (STYLE.md habit 6): every number on a page, from a con
 an enriched k-mer, is computed by :mod:`biocls.evaluate` and read here from ``metrics.json``.
 ``predictions.tsv``, ``attention.tsv`` and ``patterns.tsv`` are read (through
 :func:`biocls.columns.read_predictions`) only to list rows: a patient's cells, a repertoire's
-attended sequences, a pattern's nearest sequences.
+attended sequences, a pattern's nearest sequences. The final model's ``model.json`` is read for
+its metadata only (the positive class of a repertoire model).
+
+Two views of the same pages are written. ``index.html`` and ``patients/<patient>.html`` link to
+each other by relative paths, for a browser opening the folder. ``all_pages.html`` holds the index
+and every patient page in one file, linked by ``#`` anchors (CSS ``:target`` shows one page at a
+time, no script): Snakemake's ``report.html`` embeds each result as a ``data:`` URL in a frame,
+where relative links lead nowhere, so the workflow registers this one file with ``report()``.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import re
 import shlex
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import jinja2
+import markupsafe
 import numpy as np
 import pandas as pd
 
+from biocls import __version__
 from biocls import columns as C
 from biocls._errors import BioclsError
 from biocls._io import atomic_path
 from biocls.report import _plots
+
+log = logging.getLogger(__name__)
 
 _MISSING_LABELS = {"", "nan", "NaN", "None", "<NA>"}
 _MODELS = ("factored", "joint", "logreg")
@@ -47,18 +60,30 @@ _STATE_CELLS = 25  # cells listed in the patient page's state-label table
 _TOP_SEQUENCES = 25
 _MAX_PATTERNS = 8
 _SEQUENCES_PER_PATTERN = 10
+_HIGHLIGHTED_MOTIFS = 3  # significant motifs marked in a patient's attended sequences
+#: the single-file view of all pages (see the module docstring)
+BUNDLE = "all_pages.html"
+#: Chromium shows no data: URL longer than 2 MiB in a frame; base64 of this many bytes stays under
+#: it, so a bundle larger than this leaves out the patient pages' figures (see _write_bundle)
+BUNDLE_LIMIT = 1_500_000
 
 
-def render_reports(results_dir: str | Path, out_dir: str | Path | None = None) -> list[Path]:
-    """Write ``index.html`` and one ``patients/<patient>.html`` per patient of an experiment.
+def render_reports(results_dir: str | Path, out_dir: str | Path | None = None, *,
+                   config_hash: str | None = None) -> list[Path]:
+    """Write ``index.html``, one ``patients/<patient>.html`` per patient and ``all_pages.html``.
 
     ``results_dir`` is ``results/<experiment>/`` (see DESIGN.md §4b); the pages go to
     ``out_dir``, by default ``results_dir/reports``. Every input is read and checked before
     anything is written, and the folder is built aside and swapped in whole, so that a failure
     leaves the previous reports (or none) rather than a half-written set. Pages are
     self-contained: inline CSS, PNG figures as ``data:`` URIs, no scripts, no external links.
+    ``all_pages.html`` is every page in one file, linked by anchors, for Snakemake's report.
 
-    Returns the paths written, the index first.
+    Every page states its provenance: the biocls version, ``config_hash`` (the experiment's
+    :func:`biocls.config.config_hash`, as the workflow passes it; "not recorded" without it),
+    the date it was rendered and the model folder.
+
+    Returns the paths written: the index first, then the patient pages, then ``all_pages.html``.
     """
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir is not None else results_dir / "reports"
@@ -78,9 +103,14 @@ def render_reports(results_dir: str | Path, out_dir: str | Path | None = None) -
         )
     section = _SECTIONS[task]
     splits = _read_splits(results_dir / "splits.tsv")
+    model_meta = _read_model_meta(results_dir / "model")
     data = section.load(results_dir, metrics)
+    data["model_meta"] = model_meta
     pages = page_names(splits["patient"])
 
+    command = f"biocls report --results {shlex.quote(str(results_dir))}"
+    if config_hash:
+        command += f" --config-hash {shlex.quote(str(config_hash))}"
     ctx = _Context(
         results_dir=results_dir,
         metrics=metrics,
@@ -88,35 +118,83 @@ def render_reports(results_dir: str | Path, out_dir: str | Path | None = None) -
         pages=pages,
         data=data,
         experiment=str(metrics.get("experiment") or results_dir.resolve().name),
-        command=f"biocls report --results {shlex.quote(str(results_dir))}",
+        command=command,
+        provenance=_provenance(results_dir, config_hash, model_meta),
     )
     env = _environment()
     patients = list(splits["patient"])
-    written = [out_dir / "index.html"] + [
-        out_dir / "patients" / f"{pages[p]}.html" for p in patients
-    ]
+    written = (
+        [out_dir / "index.html"]
+        + [out_dir / "patients" / f"{pages[p]}.html" for p in patients]
+        + [out_dir / BUNDLE]
+    )
+    common = {"task": task, "experiment": ctx.experiment, "command": ctx.command,
+              "prov": ctx.provenance}
+    standalone_index = _Links(index="index.html", patient_page="patients/{}.html", pages=pages)
+    standalone_patient = _Links(index="../index.html", patient_page="{}.html", pages=pages)
     with atomic_path(out_dir) as tmp:
         (tmp / "patients").mkdir(parents=True)
-        index = env.get_template("index.html").render(
-            task=task, experiment=ctx.experiment, command=ctx.command, **section.index(ctx)
-        )
+        index_vars = {**common, **section.index(ctx)}
+        index = env.get_template("index.html").render(links=standalone_index, **index_vars)
         (tmp / "index.html").write_text(index, encoding="utf-8")
+        patient_vars = []
         for i, patient in enumerate(patients):
-            nav = {
-                "prev": f"{pages[patients[i - 1]]}.html" if i > 0 else None,
-                "next": f"{pages[patients[i + 1]]}.html" if i + 1 < len(patients) else None,
-            }
-            page = env.get_template("patient.html").render(
-                task=task,
-                experiment=ctx.experiment,
-                command=ctx.command,
-                patient=patient,
-                fold=splits["fold"].iloc[i],
-                nav=nav,
+            page_vars = {
+                **common,
+                "patient": patient,
+                "page": pages[patient],
+                "fold": splits["fold"].iloc[i],
+                "nav": {
+                    "prev": patients[i - 1] if i > 0 else None,
+                    "next": patients[i + 1] if i + 1 < len(patients) else None,
+                },
                 **section.patient(ctx, patient),
-            )
+            }
+            page = env.get_template("patient.html").render(links=standalone_patient, **page_vars)
             (tmp / "patients" / f"{pages[patient]}.html").write_text(page, encoding="utf-8")
+            patient_vars.append(page_vars)
+        _write_bundle(tmp / BUNDLE, env, common, index_vars, patient_vars, pages)
     return written
+
+
+def _write_bundle(path: Path, env: jinja2.Environment, common: dict[str, Any],
+                  index_vars: dict[str, Any], patient_vars: list[dict[str, Any]],
+                  pages: dict[str, str]) -> None:
+    """``all_pages.html``: the index and every patient page as sections linked by anchors.
+
+    Snakemake's ``report.html`` shows it as a ``data:`` URL, which Chromium refuses beyond
+    2 MiB (blank frame); above :data:`BUNDLE_LIMIT` bytes the patient sections leave out their
+    figures (each says so and names its own page, which has them). If even that is too large,
+    the page says to use ``snakemake --report report.zip``, where no such limit applies.
+    """
+    anchors = _Links(index="#index", patient_page="#p-{}", pages=pages)
+
+    def render(with_figures: bool) -> tuple[str, int]:
+        sections = []
+        for page_vars in patient_vars:
+            if not with_figures and page_vars.get("figures"):
+                page_vars = {**page_vars, "figures": [],
+                             "figures_omitted": len(page_vars["figures"])}
+            body = env.get_template("patient_body.html").render(links=anchors, **page_vars)
+            sections.append({"id": f"p-{page_vars['page']}", "body": markupsafe.Markup(body)})
+        index_body = env.get_template("index_body.html").render(links=anchors, **index_vars)
+        # the index last: `section:target ~ #index` hides it while a patient page is shown
+        sections.append({"id": "index", "body": markupsafe.Markup(index_body)})
+        size = sum(len(s["body"].encode("utf-8")) for s in sections)
+        return env.get_template("bundle.html").render(
+            sections=sections, too_large=not with_figures and size > BUNDLE_LIMIT,
+            **common), size
+
+    text, size = render(with_figures=True)
+    if size > BUNDLE_LIMIT:
+        text, size = render(with_figures=False)
+        log.warning("%s: %.1f MB with figures; the patient sections leave their figures out "
+                    "so that Snakemake's report.html can show it", path.name, size / 1e6)
+        if size > BUNDLE_LIMIT:
+            log.warning("%s is %.1f MB even without the patients' figures: too large for "
+                        "Snakemake's report.html in Chromium (2 MiB); build `snakemake --report "
+                        "report.zip` instead", path.name, size / 1e6)
+    path.write_text(text, encoding="utf-8")
 
 
 def page_names(patients: Iterable[str]) -> dict[str, str]:
@@ -157,6 +235,7 @@ class _Context:
     data: dict[str, Any]
     experiment: str
     command: str
+    provenance: dict[str, Any] = field(default_factory=dict)
 
     def patient_rows(self) -> list[dict[str, Any]]:
         return [
@@ -168,6 +247,41 @@ class _Context:
             }
             for p, f in zip(self.splits["patient"], self.splits["fold"], strict=True)
         ]
+
+
+@dataclass(frozen=True)
+class _Links:
+    """Where a page's links lead: to other files (standalone pages) or to anchors (bundle)."""
+
+    index: str
+    patient_page: str  # a format string taking the page name
+    pages: dict[str, str]
+
+    def patient(self, patient: str) -> str:
+        return self.patient_page.format(self.pages[patient])
+
+
+def _read_model_meta(model_dir: Path) -> dict[str, Any]:
+    """The caller's metadata in the final model's ``model.json`` (``{}`` when absent)."""
+    try:
+        meta = json.loads((model_dir / "model.json").read_text(encoding="utf-8")).get("meta")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _provenance(results_dir: Path, config_hash: str | None,
+                model_meta: dict[str, Any]) -> dict[str, Any]:
+    """The provenance line of every page. The date is the render date (it is not in
+    metrics.json, which stays byte-identical across runs)."""
+    model = results_dir / "model"
+    return {
+        "version": __version__,
+        "config_hash": config_hash,
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "model": str(model) if model.is_dir() else None,
+        "model_version": model_meta.get("biocls_version"),
+    }
 
 
 @dataclass(frozen=True)
@@ -193,7 +307,54 @@ def _environment() -> jinja2.Environment:
     )
     env.filters["num"] = _fmt_num
     env.filters["pct"] = lambda v: "—" if _missing(v) else f"{100 * float(v):.1f}%"
+    env.filters["pvalue"] = _fmt_p
+    env.filters["marked"] = _marked
+    env.filters["class_name"] = _class_name
     return env
+
+
+def _class_name(value: Any, classes: dict[Any, Any]) -> str:
+    """A 0/1 label or call as its class name (``classes[0]``, ``classes[1]``); "—" if unknown."""
+    if _missing(value) or isinstance(value, bool):
+        return "—"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return str(classes[int(v)]) if v in (0.0, 1.0) else str(value)
+
+
+def _fmt_p(v: Any) -> str:
+    """A p-value: two significant digits, scientific below 0.001."""
+    if _missing(v):
+        return "—"
+    v = float(v)
+    return f"{v:.2g}" if v >= 1e-3 else f"{v:.1e}"
+
+
+def _marked(sequence: Any, motifs: Iterable[str]) -> markupsafe.Markup:
+    """``sequence`` escaped, with every occurrence of any of ``motifs`` wrapped in ``<mark>``.
+
+    Presentation only: which motifs to mark comes from metrics.json (``enriched_motifs``).
+    """
+    seq = "" if sequence is None else str(sequence)
+    hit = [False] * len(seq)
+    for motif in motifs:
+        if not motif:
+            continue
+        start = seq.find(motif)
+        while start >= 0:
+            hit[start:start + len(motif)] = [True] * len(motif)
+            start = seq.find(motif, start + 1)
+    out, i = [], 0
+    while i < len(seq):
+        j = i
+        while j < len(seq) and hit[j] == hit[i]:
+            j += 1
+        part = markupsafe.escape(seq[i:j])
+        out.append(markupsafe.Markup("<mark>{}</mark>").format(part) if hit[i] else part)
+        i = j
+    return markupsafe.Markup("").join(out)
 
 
 def _missing(v: Any) -> bool:
@@ -361,31 +522,41 @@ def _metrics_table(metrics: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+_MODEL_NAMES = {
+    "factored": "factored model (biocls)",
+    "logreg": "logistic regression",
+    "joint": "joint type×state head",
+}
+
+
 def _cells_index(ctx: _Context) -> dict[str, Any]:
     m, data = ctx.metrics, ctx.data
     confusion = m.get("confusion") or {}
-    figures = []
-    panels = [(C.CELL_TYPE, "factored")]
-    if data["has_state"]:
-        panels.append((C.CELL_STATE, "factored"))
-    panels.append((C.CELL_TYPE, "joint"))
-    for head, model in panels:
-        table = _get(confusion, head, model)
-        if not isinstance(table, dict) or not table.get("labels"):
-            continue
-        figures.append(
-            _figure(
-                _plots.confusion_matrix(
-                    np.asarray(table["counts"]),
-                    table["labels"],
-                    title=f"{_HEADS[head]}, {model} model",
-                ),
-                f"Confusion matrix: {_HEADS[head]}, {model} model",
-                "Each row is one annotated label, normalised to sum to 1 (its cell count in"
-                " brackets); the diagonal is the fraction classified correctly. Out-of-fold"
-                " predictions, all patients; cells without an annotation are left out.",
+    heads = [C.CELL_TYPE] + ([C.CELL_STATE] if data["has_state"] else [])
+    # one row per head, the model next to its logistic-regression baseline; the joint head last
+    layout = [[(head, "factored"), (head, "logreg")] for head in heads]
+    layout.append([(head, "joint") for head in heads])
+    confusion_rows = []
+    for row in layout:
+        figures = []
+        for head, model in row:
+            table = _get(confusion, head, model)
+            if not isinstance(table, dict) or not table.get("labels"):
+                continue
+            figures.append(
+                _figure(
+                    _plots.confusion_matrix(
+                        np.asarray(table["counts"]),
+                        table["labels"],
+                        title=f"{_HEADS[head]}: {_MODEL_NAMES[model]}",
+                    ),
+                    f"{_HEADS[head]}, {_MODEL_NAMES[model]}",
+                    "Rows annotated, columns predicted; each row sums to 1.",
+                )
             )
-        )
+        if figures:
+            confusion_rows.append(figures)
+    figures = [f for row in confusion_rows for f in row]
 
     unseen = m.get("unseen_combinations")
     unseen_figure = None
@@ -420,10 +591,12 @@ def _cells_index(ctx: _Context) -> dict[str, Any]:
             "raw_counts": preprocess.get("raw_counts"),
             "preprocess_note": preprocess.get("note"),
             "pseudo_groups": m.get("pseudo_groups"),
+            "qc_removed": preprocess.get("qc_removed"),
         },
         "has_state": data["has_state"],
         "metrics_table": _metrics_table(m),
         "figures": figures,
+        "confusion_rows": confusion_rows,
         "unseen": unseen,
         "unseen_present": "unseen_combinations" in m,
         "unseen_figure": unseen_figure,
@@ -436,6 +609,8 @@ def _cells_patient(ctx: _Context, patient: str) -> dict[str, Any]:
     data = ctx.data
     pm = (ctx.metrics.get("per_patient") or {}).get(patient) or {}
     details = (ctx.metrics.get("patient_details") or {}).get(patient) or {}
+    preprocess = ctx.metrics.get("preprocess") or {}
+    by_patient = preprocess.get("qc_removed_by_patient")
     out: dict[str, Any] = {
         "pm": pm,
         "has_state": data["has_state"],
@@ -444,9 +619,29 @@ def _cells_patient(ctx: _Context, patient: str) -> dict[str, Any]:
         "errors": [],
         "per_type": [],
         "state_view": None,
+        "predicted_composition": [],
+        "least_confident": [],
+        "least_heads": [],
+        # None: not recorded (older metrics.json); {} with raw counts: no cell removed
+        "qc": {
+            "known": isinstance(by_patient, dict),
+            "removed": (by_patient or {}).get(patient, 0) if isinstance(by_patient, dict) else None,
+            "raw_counts": preprocess.get("raw_counts"),
+        },
     }
     if not details:
         return out
+    composition_tables = details.get("predicted_composition") or {}
+    out["predicted_composition"] = [
+        {"head": name, **composition_tables[key]}
+        for key, name in (*_HEADS.items(), ("state_labels", "state labels (each yes/no)"))
+        if key in composition_tables
+    ]
+    out["least_confident"] = details.get("least_confident") or []
+    out["least_heads"] = [
+        (head, name) for head, name in _HEADS.items()
+        if any(head in row for row in out["least_confident"])
+    ]
     cells = data["by_patient"].get(patient)
     if details.get("state_view") and cells is not None:
         out["state_view"] = {**details["state_view"], "cells": _state_cells(cells, details)}
@@ -575,6 +770,16 @@ def _repertoires_load(results_dir: Path, metrics: dict[str, Any]) -> dict[str, A
     }
 
 
+def _classes(ctx: _Context) -> dict[str, Any]:
+    """Names of the two classes: the model's positive metadata label, and the rest."""
+    pos = ctx.data.get("model_meta", {}).get("positive_label")
+    return {
+        "positive_label": None if pos is None else str(pos),
+        1: "positive",
+        0: "negative",
+    }
+
+
 def _repertoires_index(ctx: _Context) -> dict[str, Any]:
     m, data = ctx.metrics, ctx.data
     figures = []
@@ -588,11 +793,12 @@ def _repertoires_index(ctx: _Context) -> dict[str, Any]:
             _figure(
                 _plots.roc_curves(curves),
                 "ROC curves",
-                "Out-of-fold probabilities of all folds pooled into one curve per model (the"
-                " attention MIL model and the k-mer logistic-regression baseline). Pooling mixes"
-                " folds"
-                " whose scores need not be calibrated alike, so the pooled AUC can differ from the"
-                " mean of the per-fold AUCs in the table.",
+                "Out-of-fold probabilities of all folds pooled into one curve per model: the"
+                " attention MIL model (solid, circles) and the k-mer logistic-regression baseline"
+                " (dashed, squares), drawn over each other, so where they coincide the dashed"
+                " line runs on the solid one. Pooling mixes folds whose scores need not be"
+                " calibrated alike, so the pooled AUC can differ from the mean of the per-fold"
+                " AUCs in the table.",
             )
         )
 
@@ -618,7 +824,8 @@ def _repertoires_index(ctx: _Context) -> dict[str, Any]:
                     },
                 ),
                 "ROC AUC per fold",
-                "One dot per fold and model; the dotted line is chance (0.5).",
+                "One marker per fold and model (side by side within a fold); the dotted line is"
+                " chance (0.5).",
             )
         )
 
@@ -627,16 +834,22 @@ def _repertoires_index(ctx: _Context) -> dict[str, Any]:
     if pt is not None:
         if C.RANK in pt.columns:
             pt = pt.sort_values(C.RANK, kind="mergesort")
-        for pattern in list(dict.fromkeys(data["patterns"][C.PATTERN]))[:_MAX_PATTERNS]:
+        if C.PATTERN_RANK in pt.columns:
+            pt = pt.sort_values(C.PATTERN_RANK, kind="mergesort")
+        for pattern in list(dict.fromkeys(pt[C.PATTERN]))[:_MAX_PATTERNS]:
             rows = pt[pt[C.PATTERN] == pattern].head(_SEQUENCES_PER_PATTERN)
+            first = rows.iloc[0]
             patterns.append(
                 {
                     "pattern": pattern,
+                    "pattern_rank": first.get(C.PATTERN_RANK),
+                    "head_weight": first.get(C.HEAD_WEIGHT),
                     "rows": [
                         {
                             "rank": r.get(C.RANK, ""),
                             "junction_aa": r[C.JUNCTION_AA],
                             "similarity": r.get(C.SIMILARITY),
+                            "repertoire_id": r.get(C.REPERTOIRE_ID, ""),
                         }
                         for r in rows.to_dict("records")
                     ],
@@ -646,11 +859,17 @@ def _repertoires_index(ctx: _Context) -> dict[str, Any]:
         "summary": {
             "n_patients": m.get("n_patients", len(ctx.splits)),
             "n_repertoires": m.get("n_repertoires"),
+            "n_sequences": m.get("n_sequences"),
+            "n_dropped": m.get("n_dropped"),
+            "n_dropped_repertoires": len(m.get("dropped_sequences") or {}),
             "folds": m.get("folds"),
             "pooling": m.get("pooling"),
             "auc": _get(m, "roc_auc"),
             "kmer_auc": _get(m, "baselines", "kmer_logreg", "roc_auc"),
+            "threshold": m.get("threshold"),
+            "calls": m.get("calls") or {},
         },
+        "classes": _classes(ctx),
         "figures": figures,
         "fold_rows": fold_rows,
         "patterns": patterns,
@@ -660,13 +879,23 @@ def _repertoires_index(ctx: _Context) -> dict[str, Any]:
     }
 
 
+def _dropped_count(entry: Any) -> int | None:
+    """``dropped_sequences[rep]`` as metrics.json holds it: a count (older files: by reason)."""
+    if isinstance(entry, dict):
+        return int(sum(v for v in entry.values() if isinstance(v, (int, float))))
+    if isinstance(entry, (int, float)) and not isinstance(entry, bool):
+        return int(entry)
+    return None
+
+
 def _repertoires_patient(ctx: _Context, patient: str) -> dict[str, Any]:
     data = ctx.data
     preds = data["preds"]
     mine = preds[preds[C.PATIENT] == patient].sort_values(C.REPERTOIRE_ID)
     dropped = ctx.metrics.get("dropped_sequences") or {}
-    kmers = ctx.metrics.get("enriched_kmers") or {}
-    by_rep = kmers.get("by_repertoire") or {}
+    motifs = _get(ctx.metrics, "enriched_motifs", "by_patient", patient) or {}
+    highlight = [r["kmer"] for r in motifs.get("rows") or [] if r.get("significant")]
+    highlight = highlight[:_HIGHLIGHTED_MOTIFS]
     repertoires = []
     for r in mine.to_dict("records"):
         rep = r[C.REPERTOIRE_ID]
@@ -677,16 +906,19 @@ def _repertoires_patient(ctx: _Context, patient: str) -> dict[str, Any]:
                 "id": rep,
                 "fold": r[C.FOLD],
                 "label": r[C.LABEL],
+                "predicted": r.get(C.PREDICTED),
                 "probability": r[C.PROBABILITY],
                 "kmer_probability": r.get(C.KMER_PROBABILITY),
+                "n_sequences": r.get(C.N_SEQUENCES),
                 "sequences": [] if top is None else top.to_dict("records"),
                 "n_attended": 0 if att is None else len(att),
-                "kmers": by_rep.get(rep) or [],
-                "dropped": dropped.get(rep),
+                "dropped": _dropped_count(dropped.get(rep)),
+                "dropped_detail": dropped.get(rep) if isinstance(dropped.get(rep), dict) else None,
             }
         )
     figures = []
     ok = preds[C.LABEL].isin([0, 1]) & preds[C.PROBABILITY].notna()
+    classes = _classes(ctx)
     if len(mine) and ok.any():
         figures.append(
             _figure(
@@ -694,18 +926,26 @@ def _repertoires_patient(ctx: _Context, patient: str) -> dict[str, Any]:
                     preds.loc[ok, C.PROBABILITY].to_numpy(dtype=float),
                     preds.loc[ok, C.LABEL].to_numpy(dtype=int),
                     (preds.loc[ok, C.PATIENT] == patient).to_numpy(),
+                    names=(classes[0], classes[1]),
+                    threshold=ctx.metrics.get("threshold"),
                 ),
                 "Predicted probability in context",
-                "Out-of-fold probabilities of every repertoire, by true label; this patient's"
-                " repertoires are the open diamonds.",
+                "Out-of-fold model probabilities of every repertoire, one row per annotated"
+                " class; this patient's repertoires are the open diamonds, and the dashed line is"
+                " the threshold above which a repertoire is called positive.",
             )
         )
     return {
         "pm": (ctx.metrics.get("per_patient") or {}).get(patient) or {},
+        "threshold": ctx.metrics.get("threshold"),
+        "classes": classes,
         "repertoires": repertoires,
         "figures": figures,
         "attention_present": data["attention_present"],
-        "kmer": kmers.get("k", 3),
+        "motifs": motifs,
+        "motif_settings": {k: v for k, v in (ctx.metrics.get("enriched_motifs") or {}).items()
+                           if k != "by_patient"},
+        "highlight": highlight,
     }
 
 

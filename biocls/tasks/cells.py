@@ -20,6 +20,13 @@ import pandas as pd
 from biocls import columns as C
 from biocls._errors import BioclsError
 from biocls._io import atomic_path, write_json
+from biocls._provenance import (
+    cell_fingerprints,
+    model_provenance,
+    prediction_provenance,
+    read_fingerprints,
+    write_fingerprints,
+)
 from biocls.config import CellExperiment, to_dict
 from biocls.data import check_values, read_cells, validate_cells
 from biocls.estimators import CellClassifier
@@ -54,6 +61,8 @@ class CellFit:
     X_fit: np.ndarray
     obs_fit: pd.DataFrame
     info: dict[str, Any]
+    #: final fits: fingerprints of the cells trained on (see :mod:`biocls._provenance`)
+    seen: np.ndarray | None = None
 
 
 @dataclass
@@ -65,6 +74,8 @@ class CellModelBundle:
     path: str
     exp: CellExperiment | None = None
     info: dict[str, Any] | None = None
+    #: fingerprints of the training cells; ``None`` for a model saved before biocls kept them
+    seen: np.ndarray | None = None
 
     def save(self, directory: str | Path) -> None:
         """Write the model folder (as ``results/<exp>/model``), atomically."""
@@ -73,7 +84,8 @@ class CellModelBundle:
                               where=self.path, fix="copy the folder instead")
         with atomic_path(directory) as tmp:
             tmp.mkdir(parents=True)
-            _write_model(self.exp, self.classifier, self.preprocessor, self.info or {}, tmp)
+            _write_model(self.exp, self.classifier, self.preprocessor, self.info or {}, tmp,
+                         seen=self.seen)
         self.path = str(directory)
 
 
@@ -158,7 +170,11 @@ class CellsTask:
         joint = fit_model("joint") if not plan.final and _has_state(obs) else None
         info = {"preprocess": _preprocess_summary(pre, data),
                 "history": factored.history_.as_dict()}
-        return CellFit(pre, factored, joint, X_fit, o_fit, info)
+        seen = None
+        if plan.final:  # every cell whose labels shaped the model: fitting and early stopping
+            used = data[fit_m | val_m]
+            seen = cell_fingerprints(used.X, used.var_names, pre.hvg_)
+        return CellFit(pre, factored, joint, X_fit, o_fit, info, seen)
 
     def predict(self, exp: CellExperiment, fitted: CellFit, data: ad.AnnData,
                 plan: FoldPlan) -> FoldResult:
@@ -198,7 +214,7 @@ class CellsTask:
              directory: Path) -> None:
         """The final model folder: weights + vocabularies, the fitted preprocessing, its info."""
         _write_model(exp, fitted.factored, fitted.preprocessor, {**plan.as_dict(), **fitted.info},
-                     directory)
+                     directory, seen=fitted.seen)
 
     # -- metrics ---------------------------------------------------------------------------
     def metrics(self, exp: CellExperiment, tables: dict[str, pd.DataFrame],
@@ -251,11 +267,14 @@ class CellsTask:
         """Nothing beyond the gathered predictions (the certificate is merged by the runner)."""
 
     # -- new data --------------------------------------------------------------------------
-    def annotate(self, bundle: CellModelBundle, adata: ad.AnnData) -> None:
-        """Write the model's calls into ``adata.obs`` (see :func:`biocls.tl.annotate`)."""
+    def annotate(self, bundle: CellModelBundle, adata: ad.AnnData, *,
+                 source: str = "adata") -> None:
+        """Write the model's calls into ``adata.obs`` and where they come from into
+        ``adata.uns["biocls_predict"]`` (see :func:`biocls.tl.annotate`); ``source`` names the
+        input in errors and warnings."""
         model = bundle.classifier
-        check_values(adata.X, where="adata: X")
-        proba = model.predict_proba(bundle.preprocessor.transform(adata))
+        check_values(adata.X, where=f"{source}: X")
+        proba = model.predict_proba(bundle.preprocessor.transform(adata, source=source))
         vocab = {C.CELL_TYPE: model.types_, C.CELL_STATE: model.states_}
         if model.state_mode == "multilabel" and C.CELL_STATE in proba:
             # one probability per state label; a cell may carry several states or none
@@ -265,9 +284,15 @@ class CellsTask:
         for head, p in proba.items():
             adata.obs[f"biocls_{head}"] = pd.Categorical(np.asarray(vocab[head])[p.argmax(1)])
             adata.obs[f"biocls_{head}_confidence"] = p.max(1).astype(np.float32)
-        adata.uns["biocls_predict"] = {"params": {
-            "model": bundle.path,
-            "experiment": bundle.exp.name if bundle.exp else model.meta_.get("spec_name")}}
+        n_seen = _mark_seen(bundle, adata, source)
+        if bundle.exp is not None:  # trained in memory: its own config, this biocls
+            meta = {"experiment": bundle.exp.name, **model_provenance(bundle.exp)}
+        else:
+            meta = getattr(model, "meta_", {})
+        prov = prediction_provenance(bundle.path, meta, n_seen=n_seen)
+        params = {"model": prov["model"], "experiment": prov.get("experiment")}
+        adata.uns["biocls_predict"] = {
+            "params": {k: v for k, v in params.items() if v is not None}, **prov}
 
     def predict_file(self, model_dir: Path, input: Path, output: Path) -> None:  # noqa: A002
         """``biocls predict`` on an ``.h5ad``: annotate it and write it atomically."""
@@ -285,7 +310,7 @@ class CellsTask:
             raise BioclsError(f"X has {adata.n_obs} cells and {adata.n_vars} genes",
                               where=f"{input}: X", fix="supply at least one cell and one gene")
         check_values(adata.X, where=f"{input}: X")
-        self.annotate(bundle, adata)
+        self.annotate(bundle, adata, source=str(input))
         with atomic_path(output) as tmp:
             adata.write_h5ad(tmp)
 
@@ -301,11 +326,16 @@ def classifier(exp: CellExperiment, *, head: str = "factored",
 
 
 def _write_model(exp: CellExperiment, model: CellClassifier, pre: Any, info: dict[str, Any],
-                 directory: Path) -> None:
-    """The final model folder: weights + vocabularies, the fitted preprocessing, its info."""
-    model.save(directory, meta={"spec_name": exp.name, "keys": to_dict(exp.keys)})
+                 directory: Path, *, seen: np.ndarray | None = None) -> None:
+    """The final model folder: weights + vocabularies (with the biocls version and the
+    experiment's ``config_hash`` in the metadata), the fitted preprocessing, its info and the
+    fingerprints of the training cells."""
+    model.save(directory, meta={"spec_name": exp.name, "keys": to_dict(exp.keys),
+                                **model_provenance(exp)})
     pre.save(directory / "preprocess")
     write_json(directory / "train_info.json", info)
+    if seen is not None:
+        write_fingerprints(directory, seen)
 
 
 def load_cell_model(model_dir: str | Path) -> CellModelBundle:
@@ -314,10 +344,29 @@ def load_cell_model(model_dir: str | Path) -> CellModelBundle:
 
     model_dir = Path(model_dir)
     return CellModelBundle(CellClassifier.load(model_dir),
-                           CellPreprocessor.load(model_dir / "preprocess"), str(model_dir))
+                           CellPreprocessor.load(model_dir / "preprocess"), str(model_dir),
+                           seen=read_fingerprints(model_dir))
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+def _mark_seen(bundle: CellModelBundle, adata: ad.AnnData, source: str) -> int | None:
+    """``obs["biocls_seen_in_training"]`` and one warning for the input cells the model was
+    trained on (same values on its genes); ``None`` when the model keeps no record."""
+    if bundle.seen is None:
+        return None
+    genes = bundle.preprocessor.hvg_
+    seen = np.isin(cell_fingerprints(adata.X, adata.var_names, genes), bundle.seen)
+    adata.obs["biocls_seen_in_training"] = seen
+    n = int(seen.sum())
+    if n:
+        warnings.warn(
+            f"{source}: {n} of {adata.n_obs} input cells were in this model's training set (same "
+            f"values on its {len(genes)} genes), so their calls say nothing about accuracy on new "
+            "cells; obs['biocls_seen_in_training'] marks them, and the out-of-fold "
+            "predictions.tsv holds held-out calls", UserWarning, stacklevel=3)
+    return n
+
 
 def _has_state(obs: pd.DataFrame) -> bool:
     return "biocls_cell_state" in obs and bool(known_mask(obs["biocls_cell_state"]).any())
@@ -383,9 +432,12 @@ def _preprocess_summary(pre: Any, adata: ad.AnnData) -> dict[str, Any]:
             "input is already normalised (X is not integer counts): normalize_total/log1p skipped;"
             " highly variable genes and scaling fitted on training patients")
     qc = adata.uns.get("biocls_qc", {})
+    removed = {str(k): int(v) for k, v in sorted((qc.get("n_removed") or {}).items())}
     return {"raw_counts": bool(pre.raw_counts_), "n_genes_in": len(pre.genes_),
             "n_hvg": len(pre.hvg_), "note": note,
-            "qc_removed": int(sum(qc.get("n_removed", {}).values())) if qc else 0}
+            "qc_removed": int(sum(qc.get("n_removed", {}).values())) if qc else 0,
+            # per patient, where QC ran (raw counts); the report's patient pages show it
+            "qc_removed_by_patient": removed}
 
 
 def _multilabel_columns(pred: pd.DataFrame, o_test: pd.DataFrame, names: list[str],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +21,30 @@ import pandas as pd
 
 from biocls import columns as C
 from biocls._errors import BioclsError
-from biocls._io import write_tsv
+from biocls._io import write_json, write_tsv
+from biocls._provenance import (
+    bag_fingerprint,
+    model_provenance,
+    prediction_provenance,
+    read_fingerprints,
+    write_fingerprints,
+)
 from biocls.config import RepertoireExperiment, RepertoireModel, to_dict
-from biocls.data import find_repertoire_files, positive_label, read_repertoire_metadata
+from biocls.data import (
+    find_repertoire_files,
+    positive_label,
+    read_repertoire_metadata,
+    scan_repertoire_folder,
+)
 from biocls.estimators import KmerLogisticRegression, RepertoireClassifier, kmer_frequencies
-from biocls.evaluate import enriched_kmers_by_repertoire, roc_auc, roc_points
+from biocls.evaluate import (
+    THRESHOLD,
+    call_counts,
+    enriched_kmers_by_repertoire,
+    enriched_motifs,
+    roc_auc,
+    roc_points,
+)
 from biocls.models import PackedBag, pack_bag
 from biocls.preprocess import CDR3Store, build_cdr3_store
 from biocls.splits import FoldPlan
@@ -152,7 +172,7 @@ class RepertoiresTask:
             r = reps.iloc[int(i)]
             preds.append({C.REPERTOIRE_ID: r.repertoire_id, C.PATIENT: r.patient,
                           C.FOLD: int(plan.fold), C.LABEL: int(r.y), C.PROBABILITY: prob,
-                          C.PREDICTED: int(prob >= 0.5), C.N_SEQUENCES: int(r.n_sequences),
+                          C.PREDICTED: int(prob >= THRESHOLD), C.N_SEQUENCES: int(r.n_sequences),
                           C.N_DROPPED: int(r.n_dropped)})
             for rank, (j, sq) in enumerate(zip(idx, b.sequences(idx), strict=False), start=1):
                 att.append({C.REPERTOIRE_ID: r.repertoire_id, C.PATIENT: r.patient,
@@ -177,8 +197,11 @@ class RepertoiresTask:
         meta = {"experiment": exp.name, "task": "repertoires",
                 "positive_label": st.positive_label, "keys": to_dict(exp.keys),
                 "n_repertoires": int(len(reps)), "n_patients": int(reps["patient"].nunique()),
-                "top_n": exp.model.top_n, "history": fitted.info["history"]}
+                "top_n": exp.model.top_n, "history": fitted.info["history"],
+                **model_provenance(exp)}
         mil.save(directory, meta=meta)
+        # what the model was trained on (fit and early-stopping repertoires), for predict's check
+        write_fingerprints(directory, [_fingerprint(st.bag(int(r))) for r in fitted.bag_rows])
         if mil.pooling != "patterns":
             return
         weights, rows = mil.pattern_neighbours(fitted.bags, exp.model.pattern_top_n)
@@ -201,17 +224,22 @@ class RepertoiresTask:
     def metrics(self, exp: RepertoireExperiment, tables: dict[str, pd.DataFrame],
                 infos: list[dict[str, Any]]) -> dict[str, Any]:
         """``metrics.json`` (DESIGN §4b) plus the report's numbers: ``roc_curve`` (pooled
-        out-of-fold ROC points per model) and ``enriched_kmers`` (per repertoire)."""
+        out-of-fold ROC points per model), ``enriched_kmers`` (per repertoire),
+        ``enriched_motifs`` (per patient, :func:`~biocls.evaluate.enriched_motifs`), the call
+        at ``threshold`` (``calls`` per model, ``predicted`` per patient from its mean
+        probability) and ``n_dropped`` (sequences dropped on reading, all repertoires)."""
         pred, att = tables["predictions"], tables["attention"]
         ks = sorted(int(k) for k in pred[C.FOLD].unique())
         y, p, q = (pred[c].to_numpy() for c in (C.LABEL, C.PROBABILITY, C.KMER_PROBABILITY))
         fold = pred[C.FOLD].to_numpy()
         per_patient = {}
         for pat, g in pred.groupby(C.PATIENT):
-            per_patient[str(pat)] = {"probability": float(g[C.PROBABILITY].mean()),
-                                     "kmer_probability": float(g[C.KMER_PROBABILITY].mean()),
+            prob, kprob = float(g[C.PROBABILITY].mean()), float(g[C.KMER_PROBABILITY].mean())
+            per_patient[str(pat)] = {"probability": prob, "kmer_probability": kprob,
                                      "label": int(g[C.LABEL].max()),
-                                     "fold": int(g[C.FOLD].iat[0]), "n_repertoires": int(len(g))}
+                                     "fold": int(g[C.FOLD].iat[0]), "n_repertoires": int(len(g)),
+                                     "predicted": int(prob >= THRESHOLD),
+                                     "kmer_predicted": int(kprob >= THRESHOLD)}
         metrics: dict[str, Any] = {
             "task": "repertoires", "experiment": exp.name, "pooling": exp.model.pooling,
             "n_patients": int(pred[C.PATIENT].nunique()), "n_repertoires": int(len(pred)),
@@ -226,6 +254,10 @@ class RepertoiresTask:
             "roc_curve": {name: curve for name, curve in (
                 ("model", roc_points(y, p)), ("kmer_logreg", roc_points(y, q))) if curve},
             "enriched_kmers": enriched_kmers_by_repertoire(att),
+            "enriched_motifs": enriched_motifs(att),
+            "threshold": THRESHOLD,
+            "calls": {"model": call_counts(y, p), "kmer_logreg": call_counts(y, q)},
+            "n_dropped": int(pred[C.N_DROPPED].sum()),
         }
         dropped = {str(r): int(n)
                    for r, n in zip(pred[C.REPERTOIRE_ID], pred[C.N_DROPPED], strict=True) if n}
@@ -243,10 +275,14 @@ class RepertoiresTask:
 
     # -- new data --------------------------------------------------------------------------
     def predict_file(self, model_dir: Path, input: Path, output: Path) -> None:  # noqa: A002
-        """``biocls predict`` on a folder of repertoire files: a TSV of probabilities."""
+        """``biocls predict`` on a folder of repertoire files: a TSV of probabilities, and
+        ``<output>.json`` recording where they come from (``scores.attrs["biocls_predict"]``)."""
         scores = score_folder(Path(model_dir), Path(input))
+        output = Path(output)
         write_tsv(output, scores)
-        log.info("predicted %d repertoire(s) with %s into %s", len(scores), model_dir, output)
+        write_json(output.with_name(output.name + ".json"), scores.attrs["biocls_predict"])
+        log.info("predicted %d repertoire(s) with %s into %s (provenance: %s.json)", len(scores),
+                 model_dir, output, output.name)
 
 
 def classifier(exp: RepertoireExperiment) -> RepertoireClassifier:
@@ -257,29 +293,60 @@ def classifier(exp: RepertoireExperiment) -> RepertoireClassifier:
 
 
 def score_folder(model_dir: Path, folder: Path) -> pd.DataFrame:
-    """Score every repertoire file in ``folder`` (AIRR or DeepRC columns; a ``metadata.tsv``
-    there is ignored, as is a ``repertoires/`` subfolder's parent): ``repertoire_id``,
-    ``probability``."""
+    """Score every repertoire file in ``folder``: ``repertoire_id``, ``probability``.
+
+    A repertoire file is a ``.tsv``/``.tsv.gz`` whose header has a CDR3 column and a count, V or
+    J column (:func:`~biocls.data.is_repertoire_file`); other TSVs there (``metadata.tsv``,
+    ``truth.tsv``) are skipped with one warning naming them, and a folder with none is an error
+    naming the subfolder that has them. ``scores.attrs["biocls_predict"]`` records the
+    provenance (:func:`~biocls._provenance.prediction_provenance`), including how many input
+    repertoires the model was trained on (same sequences and counts; a warning says so).
+    """
     clf = RepertoireClassifier.load(model_dir)
-    files = find_repertoire_files(folder)
-    if not files and (folder / "repertoires").is_dir():
-        files = find_repertoire_files(folder / "repertoires")
-    if not files:
-        raise BioclsError("no repertoire files (*.tsv, *.tsv.gz)", where=str(folder),
-                          fix="point --input at a folder of <repertoire_id>.tsv files")
+    files, skipped = scan_repertoire_folder(folder)
+    if skipped:
+        warnings.warn(f"{folder}: skipped {len(skipped)} file(s) without repertoire columns "
+                      f"(a CDR3 column and a count, V or J column): "
+                      f"{', '.join(p.name for p in skipped)}", UserWarning, stacklevel=2)
+    record = read_fingerprints(model_dir)
     rows = pd.DataFrame({"repertoire_id": list(files), "patient": list(files), "label": "?"})
-    out = []
+    out, prints = [], []
     with tempfile.TemporaryDirectory(prefix="biocls-predict-") as tmp:
         store = Path(tmp) / "store.h5"
         build_cdr3_store(rows, files, store, positive="?")
         with CDR3Store(store) as st:
             for i, rid in enumerate(st.repertoires["repertoire_id"]):
                 b = st.bag(i)
+                if record is not None:
+                    prints.append(_fingerprint(b))
                 pb = pack_bag(b.codes, b.offsets, b.counts, max_length=clf.max_length)
                 del b
                 out.append({C.REPERTOIRE_ID: rid,
                             C.PROBABILITY: float(clf.predict_proba([pb])[0])})
-    return pd.DataFrame(out, columns=[C.REPERTOIRE_ID, C.PROBABILITY])
+    scores = pd.DataFrame(out, columns=[C.REPERTOIRE_ID, C.PROBABILITY])
+    n_seen = None
+    if record is not None:
+        seen = np.isin(np.asarray(prints, dtype=np.uint64), record)
+        n_seen = int(seen.sum())
+        if n_seen:
+            warnings.warn(
+                f"{folder}: {n_seen} of {len(scores)} repertoires were in this model's training "
+                f"set (same sequences and counts: {_first(scores[C.REPERTOIRE_ID][seen])}), so "
+                "their probabilities say nothing about accuracy on new repertoires; the "
+                "out-of-fold predictions.tsv holds held-out ones", UserWarning, stacklevel=2)
+    scores.attrs["biocls_predict"] = {
+        **prediction_provenance(model_dir, clf.meta_, n_seen=n_seen), "input": str(folder),
+        "n_repertoires": int(len(scores)), "skipped": [p.name for p in skipped]}
+    return scores
+
+
+def _fingerprint(b: Any) -> int:
+    return bag_fingerprint(b.codes, b.offsets, b.counts)
+
+
+def _first(ids: pd.Series, limit: int = 3) -> str:
+    ids = [str(i) for i in ids]
+    return ", ".join(ids[:limit]) + (f", and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
 def kmer_matrix(st: CDR3Store, rows: Sequence[int], k: int) -> np.ndarray:

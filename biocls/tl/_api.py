@@ -61,7 +61,7 @@ def train(adata: ad.AnnData, *, keys: Mapping[str, Any] | None = None, seed: int
                      validation_fraction=exp.validation_fraction, seed=exp.seed)
     fitted, _ = fit_fold(task, exp, data, plan)
     return CellModelBundle(fitted.factored, fitted.preprocessor, "(in memory)", exp=exp,
-                           info={**plan.as_dict(), **fitted.info})
+                           info={**plan.as_dict(), **fitted.info}, seen=fitted.seen)
 
 
 def annotate(adata: ad.AnnData, model: str | Path | Any, *, copy: bool = False
@@ -70,9 +70,17 @@ def annotate(adata: ad.AnnData, model: str | Path | Any, *, copy: bool = False
 
     Writes into ``adata.obs``: ``biocls_cell_type`` and ``biocls_cell_type_confidence``;
     ``biocls_cell_state`` and ``biocls_cell_state_confidence`` for a single-label state model,
-    or one ``biocls_state:<label>`` probability per label for a multi-label one. Records the
-    model and its experiment in ``adata.uns["biocls_predict"]["params"]``. Genes are matched by
-    name; missing ones are zero-filled with a warning. Returns a copy with ``copy=True``.
+    or one ``biocls_state:<label>`` probability per label for a multi-label one; and
+    ``biocls_seen_in_training`` (bool), when the model records its training cells: True for a
+    cell with the same values on the model's genes as one it was trained on (a warning gives the
+    count; such calls say nothing about accuracy on new cells).
+
+    Writes into ``adata.uns["biocls_predict"]``: ``params`` (``model``, ``experiment``),
+    ``biocls_version``, ``model``, ``experiment``, ``config_hash`` (of the training config),
+    ``model_biocls_version``, ``predicted_at`` (UTC, ISO 8601) and ``n_seen_in_training``; a
+    model saved by an older biocls lacks ``config_hash``, ``model_biocls_version`` and
+    ``n_seen_in_training``, and they are left out. Genes are matched by name; missing ones are
+    zero-filled with a warning. Returns a copy with ``copy=True``.
     """
     from biocls.tasks.cells import CellsTask, load_cell_model
 
@@ -115,7 +123,12 @@ def cross_validate_repertoires(metadata: str | Path, repertoires: str | Path, *,
 
 def score_repertoires(model: str | Path, repertoires: str | Path) -> pd.DataFrame:
     """Probability of the positive class for every repertoire file in a folder (AIRR or DeepRC
-    columns), from a final model: a frame with ``repertoire_id`` and ``probability``."""
+    columns), from a final model: a frame with ``repertoire_id`` and ``probability``.
+
+    Other TSVs in the folder (``metadata.tsv``, ...) are skipped with a warning. The frame's
+    ``attrs["biocls_predict"]`` holds the provenance that ``biocls predict`` writes to
+    ``<output>.json`` (as :func:`annotate`'s ``uns``, plus ``input``, ``n_repertoires``,
+    ``skipped``)."""
     from biocls.tasks.repertoires import score_folder
 
     return score_folder(Path(model), Path(repertoires))
