@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,12 +38,16 @@ _TAIL_BYTES = 64 * 1024  # training logs can be long; the error is at the end
 _MAX_SHOWN = 10
 
 
-def error_line(logs: Iterable[str | Path]) -> str | None:
+def error_line(logs: Iterable[str | Path], *, since: float | None = None) -> str | None:
     """The line that says why a step failed: the last ``biocls <verb>: error:`` line of the
     first log that has one; otherwise the last non-empty line of the first non-empty log (a
-    traceback's exception, say). ``None`` when the logs are absent or empty."""
+    traceback's exception, say). ``None`` when the logs are absent or empty, or (``since``, a
+    time stamp) older than this run: a job killed before its shell ran leaves an earlier run's
+    log, whose error is not this failure's."""
     fallback = None
     for path in logs:
+        if since is not None and _mtime(Path(path)) < since:
+            continue
         lines = _tail_lines(Path(path))
         errors = [ln for ln in lines if ERROR_LINE.match(ln)]
         if errors:
@@ -50,6 +55,13 @@ def error_line(logs: Iterable[str | Path]) -> str | None:
         if fallback is None and lines:
             fallback = lines[-1]
     return fallback
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return float("-inf")
 
 
 def _tail_lines(path: Path) -> list[str]:
@@ -78,6 +90,7 @@ class StepErrors(logging.Filter):
     def __init__(self) -> None:
         super().__init__()
         self.failures: dict[object, Failure] = {}
+        self.started = time.time() - 1.0  # logs older than this run are not its errors
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
@@ -95,7 +108,7 @@ class StepErrors(logging.Filter):
                 record.shellcmd = shorten_spec(record.shellcmd)
             logs = [str(p) for p in getattr(record, "log", None) or []]
             rule = str(getattr(record, "rule_name", "") or "?")
-            line = error_line(logs)
+            line = error_line(logs, since=self.started)
             record.rule_msg = _message(line, getattr(record, "rule_msg", None), rule, logs)
             jobid = getattr(record, "jobid", None)
             self.failures[id(record) if jobid is None else jobid] = Failure(rule, logs, line)
@@ -103,7 +116,8 @@ class StepErrors(logging.Filter):
             for info in getattr(record, "job_error_info", None) or []:
                 logs = [str(p) for p in info.get("log") or []]
                 self.failures[info.get("jobid")] = Failure(str(info.get("rule_name", "?")),
-                                                           logs, error_line(logs))
+                                                           logs,
+                                                           error_line(logs, since=self.started))
         elif event == "job_finished":  # a retry that succeeded is not a failure
             self.failures.pop(getattr(record, "job_id", None), None)
 

@@ -294,7 +294,7 @@ class RepertoireExperiment(_Experiment):
     STEPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "encode": ("metadata", "repertoires", "keys", "positive_label"),
         "split": ("metadata", "repertoires", "keys", "folds", "seed"),
-        "train": ("seed", "progress", "validation_fraction", "model", "baseline"),
+        "train": ("keys", "seed", "progress", "validation_fraction", "model", "baseline"),
         "evaluate": ("model.pooling",),
     }
 
@@ -356,6 +356,12 @@ def _check_block(block: Mapping[str, Any], cls: type, *, name: str, source: str,
         raise BioclsError(f"input is {inp!r}: expected an AnnData .h5ad file, got '{suffix}'",
                           where=f"{where}.input",
                           fix="convert it with anndata (adata.write_h5ad) and point input at it")
+    keys = block.get("keys")
+    if (cls is CellExperiment and block.get("unseen_combinations") and isinstance(keys, Mapping)
+            and keys.get("state_labels")):
+        raise BioclsError("unseen_combinations needs one state per cell (keys.cell_state); with "
+                          "keys.state_labels nothing would be withheld", where=f"{where}",
+                          fix="drop unseen_combinations, or use keys.cell_state")
     if partial:
         return
     given = [s for s in cls.SOURCES if block.get(s) is not None]
@@ -644,10 +650,16 @@ def _deepest(err: Any) -> Any:
 
 
 def config_hash(exp: Experiment | dict[str, Any]) -> str:
-    """A short fingerprint of an experiment (or of one step's slice) for provenance lines."""
+    """A short fingerprint of what trains an experiment's models: its ``train`` step's slice.
+
+    The model folder (written by the train step, which sees only that slice) and the report
+    pages (rendered with the whole config at hand) therefore print the same value, and an edit
+    that does not retrain (``certify.delta``, ``folds`` aside) does not change it. A plain dict
+    is hashed as it is.
+    """
     import hashlib
 
-    data = exp if isinstance(exp, dict) else to_dict(exp)
+    data = exp if isinstance(exp, dict) else exp.step_spec("train")
     text = json.dumps(data, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

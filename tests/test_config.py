@@ -17,6 +17,7 @@ from biocls.config import (
     CellModel,
     RepertoireExperiment,
     RepertoireModel,
+    config_hash,
     json_schema,
     load_config,
     parse_experiment,
@@ -173,3 +174,28 @@ def test_demo_and_example_configs_load() -> None:
     for name in ("default.yaml", "pbmc68k.yaml"):
         cfg = load_config(yaml.safe_load((REPO / "configs" / name).read_text()), source=name)
         assert cfg.experiments
+
+
+def test_config_hash_is_the_same_for_the_model_and_the_report() -> None:
+    """The train step sees only its slice; the report rule hashes the whole experiment. Both
+    must print the same fingerprint, and it moves with what trains, not with the rest."""
+    full = parse_experiment({**CELLS, "certify": {"delta": 0.05}}, name="e")
+    seen_by_train = parse_experiment(json.loads(json.dumps(full.step_spec("train"))),
+                                     partial=True)
+    assert config_hash(seen_by_train) == config_hash(full)
+    assert config_hash(dataclasses.replace(full, folds=3)) == config_hash(full)
+    assert config_hash(parse_experiment({**CELLS, "model": {"lr": 0.01}}, name="e")) \
+        != config_hash(full)
+    rep = parse_experiment({**REPS, "keys": {"patient": "donor"}}, name="r")
+    train = parse_experiment(json.loads(json.dumps(rep.step_spec("train"))), partial=True)
+    assert train.keys.patient == "donor"  # the model records the user's keys, not defaults
+    assert config_hash(train) == config_hash(rep)
+
+
+def test_unseen_combinations_with_multilabel_states_is_refused() -> None:
+    """Multi-label states have no single state per cell, so no pair could be withheld: the
+    experiment would silently train on the combination it claims to hold out."""
+    block = {**CELLS, "keys": {"cell_type": "ct", "state_labels": ["act"]},
+             "unseen_combinations": [["T", "act"]]}
+    with pytest.raises(BioclsError, match="unseen_combinations needs one state per cell"):
+        load_config({"experiments": {"e": block}})

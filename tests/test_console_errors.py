@@ -203,3 +203,19 @@ def test_console_check_fails_on_the_old_console() -> None:
               "    log: logs/t/split.log (check log file(s) for error details)\n")
     with pytest.raises(AssertionError):
         _assert_error_on_console(before, verbs="split", names=[])
+
+
+def test_a_log_older_than_the_run_is_not_its_error(tmp_path: Path) -> None:
+    """A SLURM job killed before its shell ran leaves the previous run's log in place: its
+    error line must not be shown as this failure's."""
+    import os
+    import time
+
+    from biocls._console import error_line
+
+    log = tmp_path / "train_0.log"
+    log.write_text("biocls train: error: an old problem — fix: long fixed\n")
+    old = time.time() - 3600
+    os.utime(log, (old, old))
+    assert error_line([log], since=time.time() - 60) is None
+    assert error_line([log]) == "biocls train: error: an old problem — fix: long fixed"

@@ -190,12 +190,12 @@ def reps(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def new_repertoires(root: Path) -> Path:
-    """A fresh set laid out as the simulator writes it: metadata.tsv and truth.tsv (which has a
-    junction_aa column) beside repertoires/."""
+    """A fresh set laid out as the simulator writes it: metadata.tsv and truth.tsv (a
+    junction_aa column, rows of several repertoires) beside repertoires/."""
     write_dataset(root, n_subjects=4, n_seqs=30, seed=1)
-    pd.DataFrame({"repertoire_id": ["s01_t0"], "sequence_id": ["s01_t0_3"], "row": [3],
-                  "junction_aa": ["CASWHKWF"], "motif": ["WHKW"]}).to_csv(
-        root / "truth.tsv", sep="\t", index=False)
+    pd.DataFrame({"repertoire_id": ["s01_t0", "s03_t0"], "sequence_id": ["s01_t0_3", "s03_t0_5"],
+                  "row": [3, 5], "junction_aa": ["CASWHKWF", "CASSWHKWF"],
+                  "motif": ["WHKW", "WHKW"]}).to_csv(root / "truth.tsv", sep="\t", index=False)
     return root / "repertoires"
 
 
@@ -225,6 +225,18 @@ def test_predict_folder_reads_repertoire_files_only(reps, tmp_path, caplog) -> N
     lines = warnings_about(caplog, "skipped")
     assert len(lines) == 1, lines
     assert "metadata.tsv" in lines[0] and "truth.tsv" in lines[0] and str(folder) in lines[0]
+
+
+def test_predict_reads_a_cdr3_only_file_as_training_does(reps, tmp_path) -> None:
+    """Training accepts a file with only a CDR3 column (counts 1, no V/J); so must predict."""
+    folder = tmp_path / "cdr3_only"
+    folder.mkdir()
+    pd.DataFrame({"junction_aa": ["CASSWHKWF", "CASSLGF", "CASRQF"]}).to_csv(
+        folder / "r1.tsv", sep="\t", index=False)
+    out = tmp_path / "scores.tsv"
+    assert main(["-q", "predict", "--model", str(reps["model"]), "--input", str(folder),
+                 "--output", str(out)]) == 0
+    assert pd.read_csv(out, sep="\t")["repertoire_id"].tolist() == ["r1"]
 
 
 def test_predict_one_level_too_high_is_an_error(reps, tmp_path, capsys) -> None:

@@ -89,13 +89,14 @@ def find_repertoire_files(directory: str | Path, *, exclude: tuple[str, ...] = (
 
 
 def is_repertoire_file(path: str | Path) -> bool:
-    """Whether ``path`` looks like one repertoire: a ``.tsv``/``.tsv.gz`` whose header has a CDR3
-    column (``junction_aa``, ``cdr3_aa`` or DeepRC's ``amino_acid``) and at least one
-    per-sequence column (a count, ``v_call``/``v_gene`` or ``j_call``/``j_gene``).
+    """Whether ``path`` is one repertoire: a ``.tsv``/``.tsv.gz`` whose header has a CDR3
+    column (``junction_aa``, ``cdr3_aa`` or DeepRC's ``amino_acid``), as training requires, and
+    that does not span several repertoires.
 
-    The second condition tells a repertoire from a table *about* sequences, such as the
-    simulator's ``truth.tsv`` (``repertoire_id, junction_aa, motif, ...``). Only the header is
-    read; an empty file is not a repertoire, an unreadable one is an error naming it.
+    The second condition tells a repertoire from a table *about* sequences of many repertoires,
+    such as the simulator's ``truth.tsv``: a file with a ``repertoire_id`` column (AIRR allows
+    one) must hold a single ID. Otherwise only the header is read; an empty file is not a
+    repertoire, an unreadable one is an error naming it.
     """
     path = Path(path)
     if not path.is_file() or not path.name.endswith(SUFFIXES):
@@ -107,9 +108,18 @@ def is_repertoire_file(path: str | Path) -> bool:
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, EOFError) as e:
         raise BioclsError(f"cannot read the header ({type(e).__name__}: {e})", where=str(path),
                           fix="check the file is a (gzipped) tab-separated table") from None
-    return (_pick(header, SEQUENCE_COLUMNS) is not None
-            and any(_pick(header, cols) is not None
-                    for cols in (COUNT_COLUMNS, V_COLUMNS, J_COLUMNS)))
+    if _pick(header, SEQUENCE_COLUMNS) is None:
+        return False
+    rid = _pick(header, ("repertoire_id",))
+    if rid is None:
+        return True
+    seen: set[str] = set()
+    for block in pd.read_csv(path, sep="\t", usecols=[rid], dtype=str, keep_default_na=False,
+                             chunksize=100_000):
+        seen.update(block[rid].unique())
+        if len(seen) > 1:
+            return False
+    return True
 
 
 def scan_repertoire_folder(directory: str | Path) -> tuple[dict[str, Path], list[Path]]:
@@ -129,7 +139,7 @@ def scan_repertoire_folder(directory: str | Path) -> tuple[dict[str, Path], list
     skipped = [p for rid, p in everything.items() if rid not in files]
     if files:
         return files, skipped
-    found = [f"{len(skipped)} TSV(s) without repertoire columns "
+    found = [f"{len(skipped)} TSV(s) that are not one repertoire "
              f"({_names(skipped)})"] if skipped else []
     subdirs = sorted(p for p in d.iterdir() if p.is_dir() and not p.name.startswith("."))
     if subdirs:

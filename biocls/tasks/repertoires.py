@@ -295,8 +295,8 @@ def classifier(exp: RepertoireExperiment) -> RepertoireClassifier:
 def score_folder(model_dir: Path, folder: Path) -> pd.DataFrame:
     """Score every repertoire file in ``folder``: ``repertoire_id``, ``probability``.
 
-    A repertoire file is a ``.tsv``/``.tsv.gz`` whose header has a CDR3 column and a count, V or
-    J column (:func:`~biocls.data.is_repertoire_file`); other TSVs there (``metadata.tsv``,
+    A repertoire file is a ``.tsv``/``.tsv.gz`` with a CDR3 column that holds one repertoire
+    (:func:`~biocls.data.is_repertoire_file`); other TSVs there (``metadata.tsv``,
     ``truth.tsv``) are skipped with one warning naming them, and a folder with none is an error
     naming the subfolder that has them. ``scores.attrs["biocls_predict"]`` records the
     provenance (:func:`~biocls._provenance.prediction_provenance`), including how many input
@@ -305,8 +305,8 @@ def score_folder(model_dir: Path, folder: Path) -> pd.DataFrame:
     clf = RepertoireClassifier.load(model_dir)
     files, skipped = scan_repertoire_folder(folder)
     if skipped:
-        warnings.warn(f"{folder}: skipped {len(skipped)} file(s) without repertoire columns "
-                      f"(a CDR3 column and a count, V or J column): "
+        warnings.warn(f"{folder}: skipped {len(skipped)} file(s) that are not one repertoire "
+                      f"(no CDR3 column, or rows of several repertoire_ids): "
                       f"{', '.join(p.name for p in skipped)}", UserWarning, stacklevel=2)
     record = read_fingerprints(model_dir)
     rows = pd.DataFrame({"repertoire_id": list(files), "patient": list(files), "label": "?"})
