@@ -7,6 +7,26 @@ Two families:
   each positive (1), negative (0) or unknown (-1), with the three ways of treating unknowns
   compared by Ben-Baruch et al. 2022, "Multi-label classification with partial annotations using
   class-aware selective loss" (CSL, CVPR 2022): ``ignore``, ``negative`` and ``selective``.
+
+The selective loss follows the paper's rule; where its defaults or details differ from the
+authors' reference code (github.com/Alibaba-MIIL/PartialLabelingCSL, read for this note), that is
+deliberate:
+
+- **likelihood_topk** is a fraction per cell (0.5: half as many unknown entries as cells in the
+  batch are ignored as "probably present"); the reference takes an integer per image (5, times
+  the batch size). It was written for 80–600 labels per image; a cell has a handful of state
+  labels, and 5 per cell would ignore nearly every unknown entry.
+- **The top-k is taken after the prior rule**: among unknown entries the prior did not already
+  ignore. The reference ranks all unknown entries, so some of its k slots can fall on entries
+  the prior rule ignored anyway.
+- **prior_threshold 0.5** follows the reference README's recipes; its argparse default is 0.05.
+- **γ₊ = 0, γ₋ = 1, γᵤ = 2** are the reference's argparse defaults; its README recipes use
+  γ₋ up to 4 and γᵤ = 4. The reference's probability clip (``clip``, default 0 there) is not
+  implemented.
+- **Priors** are the mean predicted probability, on the training cells, of a first model trained
+  with unknown entries ignored and early-stopped on the same validation patients
+  (:class:`biocls.estimators.CellClassifier`); the reference averages the predictions seen
+  during a first training run.
 """
 
 from __future__ import annotations

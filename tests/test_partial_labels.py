@@ -154,3 +154,22 @@ def test_classifier_priors_supplied_or_estimated() -> None:
         CellClassifier(head="joint", **kw).fit(X, t, y)
     proba = est.predict_proba(X)["cell_state"]
     assert proba.shape == (120, 2) and not np.allclose(proba.sum(1), 1.0)  # sigmoids, not softmax
+
+
+def test_prior_model_early_stops_on_the_validation_cells() -> None:
+    """CSL's first (ignore-mode) model estimates the priors; it must stop on the validation
+    cells as the model does, not run every epoch on the training cells alone."""
+    from biocls.estimators import CellClassifier
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(200, 8)).astype(np.float32)
+    t = np.where(X[:, 0] > 0, "A", "B")
+    y = pd.DataFrame({"a": (X[:, 1] > 0).astype(float), "b": (X[:, 2] > 1).astype(float)})
+    y.iloc[:80, 0] = np.nan
+    fit, val = slice(0, 150), slice(150, 200)
+    est = CellClassifier(state_mode="multilabel", hidden=(8,), max_epochs=4, patience=4,
+                         progress=False, partial_loss="selective")
+    est.fit(X[fit], t[fit], y.iloc[fit], X_val=X[val], cell_type_val=t[val],
+            cell_state_val=y.iloc[val])
+    assert len(est.prior_history_.val_score) == len(est.prior_history_.train_loss) > 0
+    assert len(est.priors_) == 2 and all(0 < p < 1 for p in est.priors_)

@@ -117,7 +117,10 @@ class CellClassifier(NetEstimator):
             self.states_ = sorted(set(map(str, known)))
             yt = self._codes(cell_type, self.types_)
             ys = self._codes(cell_state, self.states_, n=len(yt))
-        self.priors_ = self._fit_priors(X, cell_type, cell_state) if multilabel else None
+        self.priors_ = (self._fit_priors(X, cell_type, cell_state, X_val=X_val,
+                                         cell_type_val=cell_type_val,
+                                         cell_state_val=cell_state_val)
+                        if multilabel else None)
         if self.head == "joint":
             if len(self.states_) < 1:
                 raise ValueError("the joint head needs cell_state labels")
@@ -232,12 +235,15 @@ class CellClassifier(NetEstimator):
             raise ValueError("multi-label states need head='factored'")
         return self.state_mode == "multilabel"
 
-    def _fit_priors(self, X: np.ndarray, cell_type: Sequence[str],
-                    cell_state: Any) -> list[float] | None:
+    def _fit_priors(self, X: np.ndarray, cell_type: Sequence[str], cell_state: Any, *,
+                    X_val: np.ndarray | None = None, cell_type_val: Sequence[str] | None = None,
+                    cell_state_val: Any = None) -> list[float] | None:
         """Class priors for the selective loss: supplied, or the mean prediction of a first model.
 
         CSL estimates each label's prior as the average predicted probability of a model trained
-        with unknowns ignored; that first model is fitted here on the same cells.
+        with unknowns ignored; that first model is fitted here on the same cells, early-stopped
+        on the same validation cells as the model itself (without them it would run every epoch
+        and its priors would follow an over-fitted model). Its history is ``prior_history_``.
         """
         if self.partial_loss != "selective":
             return None
@@ -252,7 +258,9 @@ class CellClassifier(NetEstimator):
                                  f"{len(self.states_)} state labels")
             return [float(v) for v in self.priors]
         first = clone(self).set_params(partial_loss="ignore", progress=False)
-        first.fit(X, cell_type, cell_state)
+        first.fit(X, cell_type, cell_state, X_val=X_val, cell_type_val=cell_type_val,
+                  cell_state_val=cell_state_val)
+        self.prior_history_ = first.history_
         return first.predict_proba(X)["cell_state"].mean(0).astype(float).tolist()
 
     def _pair_lookup(self) -> torch.Tensor:
