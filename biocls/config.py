@@ -378,8 +378,10 @@ def load_config(raw: Mapping[str, Any], *, source: str = "config",
                 schema: str | Path | Mapping[str, Any] | None = None) -> WorkflowConfig:
     """Validate a whole workflow config (the Snakefile's ``config``) into a WorkflowConfig.
 
-    ``schema`` (a path or a mapping) is the JSON schema to validate against first, as Snakemake
-    users expect; by default the one generated from these classes.
+    Each experiment is parsed first (:func:`parse_experiment`: unknown keys with their nearest
+    valid name, then its block's schema); then the whole config is validated against ``schema``
+    (a path or a mapping; by default the one generated from these classes), as Snakemake users
+    expect, which adds what no single block holds (the experiments' names).
     """
     if not isinstance(raw, Mapping):
         raise BioclsError("the config must be a mapping", where=source,
@@ -389,13 +391,10 @@ def load_config(raw: Mapping[str, Any], *, source: str = "config",
     if not isinstance(exps, Mapping) or not exps:
         raise BioclsError("no experiments", where=f"{source}: experiments",
                           fix="add an `experiments:` mapping with at least one experiment")
-    for name, block in exps.items():
-        if isinstance(block, Mapping) and block.get("task") in TASKS:
-            _check_block(block, TASKS[block["task"]], name=str(name), source=source,
-                         partial=False)
+    experiments = {str(n): parse_experiment(b, name=str(n), source=source)
+                   for n, b in exps.items()}
     _validate(dict(raw), _schema_from(schema), source=source)
-    return WorkflowConfig({str(n): parse_experiment(b, name=str(n), source=source)
-                           for n, b in exps.items()})
+    return WorkflowConfig(experiments)
 
 
 def to_dict(obj: Any) -> Any:

@@ -309,8 +309,7 @@ class CellsTask:
         if adata.n_obs == 0 or adata.n_vars == 0:
             raise BioclsError(f"X has {adata.n_obs} cells and {adata.n_vars} genes",
                               where=f"{input}: X", fix="supply at least one cell and one gene")
-        check_values(adata.X, where=f"{input}: X")
-        self.annotate(bundle, adata, source=str(input))
+        self.annotate(bundle, adata, source=str(input))  # checks X's values first
         with atomic_path(output) as tmp:
             adata.write_h5ad(tmp)
 

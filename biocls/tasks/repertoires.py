@@ -76,6 +76,8 @@ class RepertoireFit:
     bags: list[PackedBag]
     bag_rows: np.ndarray
     info: dict[str, Any]
+    #: final fits: the fingerprints of ``bag_rows``, taken as the bags were read
+    fingerprints: list[int] | None = None
 
 
 class RepertoiresTask:
@@ -140,8 +142,8 @@ class RepertoiresTask:
         log.info("fold %s: %d train, %d validation repertoires", plan.fold, len(fit_rows),
                  len(val_rows))
         mil = classifier(exp)
-        fit_bags = _bags(st, fit_rows, mil.max_length)
-        val_bags = _bags(st, val_rows, mil.max_length)
+        fit_bags, fit_prints = _bags(st, fit_rows, mil.max_length, fingerprint=plan.final)
+        val_bags, val_prints = _bags(st, val_rows, mil.max_length, fingerprint=plan.final)
         mil.fit(fit_bags, y[fit_rows], val_bags=val_bags or None,
                 val_y=y[val_rows] if len(val_rows) else None, checkpoint_dir=checkpoint_dir,
                 progress=exp.progress, desc=f"{exp.name} fold {plan.fold}")
@@ -156,7 +158,8 @@ class RepertoiresTask:
                      y[train_rows], self.patients(data)[train_rows])
             info.update(kmer_logreg=kmer.chosen(), model=mil.get_params())
         return RepertoireFit(mil, kmer, fit_bags + val_bags,
-                             np.concatenate([fit_rows, val_rows]), info)
+                             np.concatenate([fit_rows, val_rows]), info,
+                             fit_prints + val_prints if plan.final else None)
 
     def predict(self, exp: RepertoireExperiment, fitted: RepertoireFit, data: RepertoireData,
                 plan: FoldPlan) -> FoldResult:
@@ -201,7 +204,7 @@ class RepertoiresTask:
                 **model_provenance(exp)}
         mil.save(directory, meta=meta)
         # what the model was trained on (fit and early-stopping repertoires), for predict's check
-        write_fingerprints(directory, [_fingerprint(st.bag(int(r))) for r in fitted.bag_rows])
+        write_fingerprints(directory, fitted.fingerprints or [])
         if mil.pooling != "patterns":
             return
         weights, rows = mil.pattern_neighbours(fitted.bags, exp.model.pattern_top_n)
@@ -365,12 +368,17 @@ def _store(data: RepertoireData) -> CDR3Store:
     return data.store
 
 
-def _bags(st: CDR3Store, rows: Sequence[int], max_length: int) -> list[PackedBag]:
-    out = []
+def _bags(st: CDR3Store, rows: Sequence[int], max_length: int, *,
+          fingerprint: bool = False) -> tuple[list[PackedBag], list[int]]:
+    """The packed bags of ``rows`` and, with ``fingerprint``, their fingerprints (one read of
+    the store serves both)."""
+    bags, prints = [], []
     for i in rows:
         b = st.bag(int(i))
-        out.append(pack_bag(b.codes, b.offsets, b.counts, max_length=max_length))
-    return out
+        if fingerprint:
+            prints.append(_fingerprint(b))
+        bags.append(pack_bag(b.codes, b.offsets, b.counts, max_length=max_length))
+    return bags, prints
 
 
 def _summary(values: list[float]) -> dict[str, Any]:

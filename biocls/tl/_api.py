@@ -15,6 +15,19 @@ from biocls.tasks import CVResult
 from biocls.tasks import cross_validate as run_cv
 
 
+def _cells(adata: ad.AnnData, verb: str, block: dict[str, Any]) -> tuple[Any, CellExperiment,
+                                                                          ad.AnnData]:
+    """The cells task, the experiment the caller's options describe (the workflow's loader), and
+    a checked, QC-filtered copy of ``adata``."""
+    from biocls.tasks.cells import CellsTask
+
+    exp = parse_experiment({"task": "cells", **block}, name=verb, source=f"biocls.tl.{verb}",
+                           partial=True)
+    assert isinstance(exp, CellExperiment)
+    task = CellsTask()
+    return task, exp, task.prepare(exp, adata.copy())
+
+
 def cross_validate(adata: ad.AnnData, *, keys: Mapping[str, Any] | None = None, folds: int = 5,
                    seed: int = 0, progress: bool = False, **config: Any) -> CVResult:
     """Patient-grouped cross-validation of the factored model (and its baselines), in memory.
@@ -27,15 +40,9 @@ def cross_validate(adata: ad.AnnData, *, keys: Mapping[str, Any] | None = None, 
     Returns a :class:`~biocls.tasks.CVResult`: ``predictions`` (one row per cell, the columns of
     ``predictions.tsv``), ``metrics`` (``metrics.json``), ``splits`` (patient → fold).
     """
-    from biocls.tasks.cells import CellsTask
-
-    exp = parse_experiment({"task": "cells", "keys": dict(keys or {}), "folds": folds,
-                            "seed": seed, "progress": progress, **config},
-                           name="cross_validate", source="biocls.tl.cross_validate",
-                           partial=True)
-    assert isinstance(exp, CellExperiment)
-    task = CellsTask()
-    return run_cv(task, exp, task.prepare(exp, adata.copy()))
+    task, exp, data = _cells(adata, "cross_validate", {
+        "keys": dict(keys or {}), "folds": folds, "seed": seed, "progress": progress, **config})
+    return run_cv(task, exp, data)
 
 
 def train(adata: ad.AnnData, *, keys: Mapping[str, Any] | None = None, seed: int = 0,
@@ -48,14 +55,10 @@ def train(adata: ad.AnnData, *, keys: Mapping[str, Any] | None = None, seed: int
     """
     from biocls.splits import plan_fold
     from biocls.tasks import fit_fold
-    from biocls.tasks.cells import CellModelBundle, CellsTask
+    from biocls.tasks.cells import CellModelBundle
 
-    exp = parse_experiment({"task": "cells", "keys": dict(keys or {}), "seed": seed,
-                            "progress": progress, **config}, name="train",
-                           source="biocls.tl.train", partial=True)
-    assert isinstance(exp, CellExperiment)
-    task = CellsTask()
-    data = task.prepare(exp, adata.copy())
+    task, exp, data = _cells(adata, "train", {"keys": dict(keys or {}), "seed": seed,
+                                              "progress": progress, **config})
     patients = task.patients(data)
     plan = plan_fold({str(p): 0 for p in set(patients)}, "final", patients,
                      validation_fraction=exp.validation_fraction, seed=exp.seed)
