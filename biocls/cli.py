@@ -90,9 +90,18 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     params = _parse_params(args.params)
     if args.what == "cells":
         from biocls._io import atomic_path
-        from biocls.simulate import simulate_cells
+        from biocls.config import _check_simulate
+        from biocls.simulate import CELL_MODELS
 
-        adata = simulate_cells(**params)
+        # `model` may come from --model or from the config's simulate: block (passed as --params)
+        model = params.pop("model", None)
+        if args.model and model is not None and model != args.model:
+            raise BioclsError(f"--model {args.model} disagrees with \"model\": {model!r} in "
+                              "--params", where="--model", fix="give the model once")
+        model = args.model or model or "biocls"
+        _check_simulate({"simulate": {**params, "model": model}}, "cells",
+                        where="--params: simulate")
+        adata = CELL_MODELS[model](**params)
         with atomic_path(args.out) as tmp:
             adata.write_h5ad(tmp)
         log.info("wrote %s (%d cells × %d genes, %d patients)", args.out, adata.n_obs,
@@ -100,6 +109,9 @@ def cmd_simulate(args: argparse.Namespace) -> None:
     else:
         from biocls.simulate import simulate_repertoires
 
+        if args.model:
+            raise BioclsError(f"--model {args.model} is an option of `simulate cells`",
+                              where="--model", fix="drop --model for repertoires")
         simulate_repertoires(Path(args.out), **params)
 
 
@@ -223,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("what", choices=["cells", "repertoires"])
     s.add_argument("--out", required=True, help="cells: output .h5ad; repertoires: output folder")
     s.add_argument("--params", help="simulator options as JSON, e.g. '{\"n_patients\": 12}'")
+    s.add_argument("--model", choices=["biocls", "splatter"],
+                   help="cells: the generator (default: biocls; a \"model\" key in --params "
+                        "works too). splatter: gamma-Poisson counts with dropout, after Splatter")
 
     s = verb("example", cmd_example, "write a real data set that ships inside a package (offline)")
     s.add_argument("name", choices=["pbmc68k_reduced"])

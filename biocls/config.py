@@ -94,6 +94,13 @@ class CellModel:
     """Options of :class:`biocls.estimators.CellClassifier` (same names, same defaults)."""
 
     encoder: Literal["mlp", "mixer"] = opt("mlp", "mlp, or mixer (MLP-Mixer over gene modules)")
+    path: Literal["deep", "linear", "ensemble"] = opt(
+        "ensemble", "what feeds the factored heads: the encoder (deep), the genes directly as a "
+                "factored logistic regression (linear), or both (ensemble: their probabilities "
+                "mixed per head; the deep path's share, 0, 0.5 or 1, is raised only where it "
+                "lowers the error on the validation patients by at least one point)")
+    linear_c: float = opt(0.01, "linear path: inverse L2 strength, as LogisticRegression's C",
+                          exclusiveMinimum=0)
     hidden: tuple[int, ...] = opt((256, 128), "mlp: hidden layer widths", minItems=1,
                                   items={"type": "integer", "minimum": 1})
     dropout: float = opt(0.2, "dropout between layers", minimum=0, exclusiveMaximum=1)
@@ -477,10 +484,18 @@ def _check_simulate(block: Mapping[str, Any], task: str, *, where: str) -> None:
         return
     from biocls import simulate
 
-    fn = simulate.simulate_cells if task == "cells" else simulate.simulate_repertoires
-    params = inspect.signature(fn).parameters
-    valid = {k for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
     src, _, path = where.partition(": ")
+    extra: set[str] = set()
+    if task == "cells":  # `model:` picks the generator; its signature says what else is valid
+        model = sim.get("model", "biocls")
+        if not isinstance(model, str) or model not in simulate.CELL_MODELS:
+            raise BioclsError(f"unknown simulator model {model!r}", where=f"{where}.model",
+                              fix=f"use one of {', '.join(simulate.CELL_MODELS)}")
+        fn, extra = simulate.CELL_MODELS[model], {"model"}
+    else:
+        fn = simulate.simulate_repertoires
+    params = inspect.signature(fn).parameters
+    valid = {k for k, p in params.items() if p.kind is p.KEYWORD_ONLY} | extra
     _unknown(set(sim) - valid, valid, where=path, source=src)
 
 

@@ -37,7 +37,8 @@ def data(seed: int = 0, *, n: int = N, pairs=None):
 
 def model(**kw) -> CellClassifier:
     base = {"hidden": [8], "max_epochs": 2, "patience": 2, "batch_size": 16, "n_modules": 3,
-            "mixer_dim": 8, "mixer_depth": 1, "progress": False, "device": "cpu", "seed": 0}
+            "mixer_dim": 8, "mixer_depth": 1, "progress": False, "device": "cpu", "seed": 0,
+            "path": "deep"}
     return CellClassifier(**{**base, **kw})
 
 
@@ -247,3 +248,114 @@ def test_centred_fast_path_equals_a_second_encoder_pass() -> None:
         slow = net.head.state_logits(net.encoder(x - p @ net.type_means))
     assert net.type_means is not None and net.type_means.shape == (len(m.types_), G)
     torch.testing.assert_close(fast["cell_state"], slow, rtol=1e-4, atol=1e-5)
+
+
+# -- what feeds the heads: deep, linear, ensemble ----------------------------------------------
+
+@pytest.mark.parametrize("encoder", ["mlp", "mixer"])
+def test_ensemble_gives_both_heads_from_both_paths(encoder: str, tmp_path: Path) -> None:
+    X, t, s = data(0, n=90)
+    Xv, tv, sv = data(1, n=30)
+    m = model(path="ensemble", encoder=encoder).fit(X, t, s, X_val=Xv, cell_type_val=tv,
+                                                     cell_state_val=sv)
+    proba = m.predict_proba(X[:5])
+    assert proba["cell_type"].shape == (5, len(TYPES))
+    assert proba["cell_state"].shape == (5, len(STATES))
+    np.testing.assert_allclose(proba["cell_state"].sum(1), 1.0, atol=1e-5)
+    assert m.net_.linear.encoder is None and m.net_.deep.encoder is not None
+    assert m.net_.linear.head.type_head.in_features == G  # straight from the genes
+    m.save(tmp_path / "m")
+    back = CellClassifier.load(tmp_path / "m")
+    assert back.linear_weight_ == m.linear_weight_ and back.chosen_ == m.chosen_
+    for k, v in m.predict_proba(X).items():
+        np.testing.assert_array_equal(back.predict_proba(X)[k], v)
+
+
+def test_linear_state_head_reads_the_type_centred_profile() -> None:
+    """Linear: state logits = W_s(x − p·μ) + b_s, with p from the type head."""
+    X, t, s = data()
+    m = model(path="linear").fit(X, t, s)
+    net = m.net_.eval()
+    x = torch.from_numpy(X)
+    with torch.no_grad():
+        out = net(x)
+        shifted = x - out["cell_type"].softmax(-1) @ net.type_means
+        expected = net.head.state_head(shifted)
+    torch.testing.assert_close(out["cell_state"], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_linear_only_reaches_logistic_regression_on_a_separable_case() -> None:
+    """The linear path at C=1 is scikit-learn's LogisticRegression(C=1) on the same cells."""
+    from sklearn.linear_model import LogisticRegression
+
+    X, t, s = data(0, n=400)
+    X[:, :6] *= 0.3  # overlap the type clusters, so that errors are possible
+    Xt, tt, _ = data(1, n=400)
+    Xt[:, :6] *= 0.3
+    m = CellClassifier(path="linear", linear_c=1.0, progress=False, device="cpu").fit(X, t)
+    lr = LogisticRegression(C=1.0, max_iter=5000).fit(X, t.astype(str))
+    ours, theirs = m.predict(Xt)["cell_type"], lr.predict(Xt)
+    assert (ours == theirs).mean() >= 0.98
+    assert (ours == tt).mean() >= (theirs == tt).mean() - 0.01
+    # same optimum: same class probabilities, not only the same argmax
+    np.testing.assert_allclose(m.predict_proba(Xt)["cell_type"], lr.predict_proba(Xt), atol=0.02)
+
+
+def test_ensemble_weight_per_head_is_the_one_with_fewest_validation_errors() -> None:
+    from biocls.estimators._cells import MIX_WEIGHTS, _mix_error, choose_weight
+
+    X, t, s = data(0, n=120)
+    Xv, tv, sv = data(1, n=40)
+    m = model(path="ensemble", max_epochs=3).fit(X, t, s, X_val=Xv, cell_type_val=tv,
+                                                  cell_state_val=sv)
+    for head, labels, vocab in (("cell_type", tv, m.types_), ("cell_state", sv, m.states_)):
+        errors = m.mix_errors_[head]
+        assert set(errors) == {str(w) for w in MIX_WEIGHTS}
+        w = m.linear_weight_[head]
+        assert w == choose_weight({float(k): v for k, v in errors.items()})
+        # recomputed from the members themselves, on the validation cells only
+        with torch.no_grad():
+            pa = m.net_.deep(torch.from_numpy(Xv))[head].softmax(-1).numpy()
+            pb = m.net_.linear(torch.from_numpy(Xv))[head].softmax(-1).numpy()
+        assert _mix_error(pa, pb, w, labels, vocab) == pytest.approx(errors[str(w)], abs=1e-5)
+        expected = (1 - w) * pa + w * pb
+        np.testing.assert_allclose(m.predict_proba(Xv)[head], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_choose_weight_keeps_the_linear_path_unless_deep_earns_a_margin() -> None:
+    from biocls.estimators._cells import choose_weight
+
+    assert choose_weight({1.0: 0.20, 0.5: 0.195, 0.0: 0.19}, margin=0.01) == 1.0  # within noise
+    assert choose_weight({1.0: 0.20, 0.5: 0.18, 0.0: 0.185}, margin=0.01) == 0.5
+    assert choose_weight({1.0: 0.20, 0.5: 0.15, 0.0: 0.10}, margin=0.01) == 0.0
+    assert choose_weight({1.0: 0.20, 0.5: 0.15, 0.0: 0.10}, margin=0.0) == 0.0
+    assert choose_weight({1.0: 0.10, 0.5: 0.15, 0.0: 0.05}, margin=0.0) == 0.0
+
+
+def test_mix_error_counts_the_annotated_cells_the_mixture_gets_wrong() -> None:
+    from biocls.estimators._cells import _mix_error
+
+    deep = np.array([[0.9, 0.1], [0.9, 0.1], [0.2, 0.8]])    # right, wrong, right
+    linear = np.array([[0.6, 0.4], [0.1, 0.9], [0.6, 0.4]])  # right, right, wrong
+    labels, vocab = np.array(["a", "b", "b"], dtype=object), ["a", "b"]
+    assert _mix_error(deep, linear, 0.0, labels, vocab) == pytest.approx(1 / 3)
+    assert _mix_error(deep, linear, 1.0, labels, vocab) == pytest.approx(1 / 3)
+    assert _mix_error(deep, linear, 0.5, labels, vocab) == pytest.approx(1 / 3)
+    unknown = np.array(["a", None, "b"], dtype=object)  # unannotated cells are not counted
+    assert _mix_error(deep, linear, 0.0, unknown, vocab) == 0.0
+
+
+def test_ensemble_without_validation_cells_mixes_evenly() -> None:
+    X, t, s = data()
+    m = model(path="ensemble").fit(X, t, s)
+    assert m.linear_weight_ == {"cell_type": 0.5, "cell_state": 0.5}
+    assert m.mix_errors_ is None
+
+
+def test_multilabel_states_and_joint_head_stay_deep() -> None:
+    X, t, s = data()
+    joint = model(path="ensemble", head="joint").fit(X, t, s)
+    assert joint.chosen_ == "deep" and isinstance(joint.net_.head, JointHead)
+    with pytest.raises(ValueError, match="partial-label"):
+        labels = np.stack([(s == "x"), (s == "y")], 1).astype(float)
+        model(path="linear", state_mode="multilabel").fit(X, t, labels)

@@ -105,7 +105,7 @@ def history(out: Path) -> dict:
 
 def test_killed_run_resumes_to_identical_results(job: dict, uninterrupted: Path) -> None:
     out, ckpt = job["root"] / "killed", job["root"] / "ckpt"
-    first = ckpt / "factored" / CHECKPOINT
+    first = ckpt / "factored" / "deep" / CHECKPOINT  # path: ensemble trains the deep path here
     proc = subprocess.Popen(train_cmd(job, out, ckpt), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     try:

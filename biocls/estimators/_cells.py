@@ -13,9 +13,19 @@ from sklearn.base import clone
 from torch import nn
 
 from biocls.estimators._base import NetEstimator
+from biocls.estimators._linear import fit_linear_heads
 from biocls.evaluate import known_mask
 from biocls.losses import PARTIAL_MODES, masked_cross_entropy, partial_label_loss
-from biocls.models import CellNet, FactoredHeads, JointHead, MixerEncoder, MLPEncoder, gene_modules
+from biocls.models import (
+    PATHS,
+    CellEnsemble,
+    CellNet,
+    FactoredHeads,
+    JointHead,
+    MixerEncoder,
+    MLPEncoder,
+    gene_modules,
+)
 from biocls.models._encoders import ENCODERS
 from biocls.models._heads import HEADS
 from biocls.train import Trainer, TrainHistory, resolve_device, run_signature, seed_everything
@@ -24,6 +34,13 @@ __all__ = ["CellClassifier"]
 
 #: What the factored state head reads: the type-centred profile (see CellNet), or the profile.
 STATE_INPUTS = ("centred", "raw")
+#: Weights of the linear path that ``path="ensemble"`` chooses from, simplest first: a weight
+#: is kept unless a later one errs less on validation by more than :data:`MIX_MARGIN`.
+MIX_WEIGHTS = (1.0, 0.5, 0.0)
+#: How much lower (absolute validation error) the deep path must bring a head's error to count:
+#: chosen on the tuning cohorts of benchmarks/cells_suite.py, where a smaller margin let the
+#: validation noise of two or three patients pick mixtures that were worse on test patients.
+MIX_MARGIN = 0.01
 
 
 class CellClassifier(NetEstimator):
@@ -32,22 +49,34 @@ class CellClassifier(NetEstimator):
     Parameters are stored untouched; :meth:`fit` validates them. ``head="factored"`` (default)
     gives independent type and state heads; ``head="joint"`` one softmax over the type×state pairs
     present in training. ``encoder`` is ``"mlp"`` or ``"mixer"`` (tokens are ``n_modules`` gene
-    modules found by k-means on the training cells).
+    modules found by k-means on the training cells). ``path`` says what feeds the factored
+    heads: ``"deep"`` the encoder; ``"linear"`` the genes directly, a factored logistic
+    regression fitted to convergence (L2 as ``LogisticRegression(C=linear_c)``, the state part
+    on the type-centred profile); ``"ensemble"`` fits both and mixes their probabilities, per
+    head, with a linear weight of 1, 0.5 or 0 chosen on the validation cells: the simplest one
+    unless another has at least :data:`MIX_MARGIN` fewer errors there (``linear_weight_``,
+    e.g. ``{"cell_type": 1.0, "cell_state": 0.5}``;
+    ``chosen_`` names each head's choice, ``"linear"``, ``"deep"`` or ``"ensemble"``; each
+    weight's validation error is in ``mix_errors_``). A few marker genes that separate two
+    look-alike types then count whatever the encoder does with them, and the deep path adds what
+    is not linear. Multi-label states and the joint head are always deep.
 
     The defaults are those of the workflow's config schema (``$defs.model_cells``), so that the
     same experiment trains the same model from Python and from Snakemake.
 
     Learned attributes: ``types_``, ``states_`` (label vocabularies), ``pairs_`` (joint head),
     ``modules_`` (mixer), ``n_features_in_``, ``type_means_``, ``priors_``, ``net_``,
-    ``history_``; after :meth:`load` also ``meta_``.
+    ``history_`` (of the deep path), ``chosen_`` (see ``path``); after :meth:`load` also ``meta_``.
     """
 
     KIND = "CellClassifier"
     TASK = "cells"
     FILE_KEYS = frozenset({"kind", "params", "types", "states", "n_features_in", "pairs",
-                           "modules", "history", "priors", "meta"})
+                           "modules", "history", "priors", "meta", "chosen",
+                           "linear_weight", "mix_errors"})
 
-    def __init__(self, *, encoder: str = "mlp", head: str = "factored",
+    def __init__(self, *, encoder: str = "mlp", head: str = "factored", path: str = "ensemble",
+                 linear_c: float = 0.01,
                  hidden: Sequence[int] = (256, 128), dropout: float = 0.2,
                  input_dropout: float = 0.5, n_modules: int = 32,
                  mixer_dim: int = 64, mixer_depth: int = 2, lr: float = 1e-3,
@@ -62,6 +91,8 @@ class CellClassifier(NetEstimator):
                  prior_threshold: float = 0.5, likelihood_topk: float = 0.5) -> None:
         self.encoder = encoder
         self.head = head
+        self.path = path
+        self.linear_c = linear_c
         self.hidden = hidden
         self.dropout = dropout
         self.input_dropout = input_dropout
@@ -105,6 +136,13 @@ class CellClassifier(NetEstimator):
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.state_input not in STATE_INPUTS:
             raise ValueError(f"state_input must be one of {STATE_INPUTS}, got {self.state_input!r}")
+        if self.path not in PATHS:
+            raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
+        if (self.path == "ensemble" and self.head == "factored"
+                and self.state_mode != "multilabel"):
+            return self._fit_ensemble(X, cell_type, cell_state, X_val=X_val,
+                                      cell_type_val=cell_type_val, cell_state_val=cell_state_val,
+                                      checkpoint_dir=checkpoint_dir)
         X = np.ascontiguousarray(X, dtype=np.float32)
         self.types_ = sorted(set(map(str, cell_type)))
         multilabel = self._check_state_mode()
@@ -133,8 +171,17 @@ class CellClassifier(NetEstimator):
         self.type_means_ = None
         if self.head == "factored" and self.state_input == "centred" and self.states_:
             self.type_means_ = np.stack([X[yt == k].mean(0) for k in range(len(self.types_))])
+        self.chosen_ = self._net_path()
+        if multilabel and self.chosen_ == "linear":
+            raise ValueError("path='linear' is fitted as logistic regressions, which cannot take "
+                             "the partial-label loss of multi-label states; use 'deep'")
         self.net_ = self._build()
         device = resolve_device(self.device)
+        if self.chosen_ == "linear":
+            net = self.net_.to(device)
+            fit_linear_heads(net.head, torch.from_numpy(X).to(device),
+                             torch.from_numpy(yt).to(device), torch.from_numpy(ys).to(device),
+                             type_means=net.type_means, c=self.linear_c)
         Xt, Yt, Ys = torch.from_numpy(X), torch.from_numpy(yt), torch.from_numpy(ys)
         if device.type == "cuda" and X.nbytes < 4 * 2**30:
             # one copy up front instead of one per batch: the GPU otherwise waits on the host
@@ -185,10 +232,59 @@ class CellClassifier(NetEstimator):
                           checkpoint_dir=checkpoint_dir, progress=self.progress,
                           desc=f"{self.encoder}/{self.head}",
                           plateau=max(1, self.patience // 3) if self.lr_decay else None)
-        self.history_: TrainHistory = trainer.fit(self.net_, batches=batches, loss=loss,
-                                                  validate=validate,
-                                                  signature=self._signature(X, yt, ys))
+        if self.chosen_ == "linear":  # fitted to convergence above: nothing left to train
+            self.history_ = TrainHistory()
+            if validate is not None:
+                self.net_.eval()
+                with torch.no_grad():
+                    score = float(validate(self.net_))
+                self.history_ = TrainHistory(val_score=[score], best_epoch=0, best_score=score)
+        else:
+            self.history_ = trainer.fit(self.net_, batches=batches, loss=loss,
+                                        validate=validate, signature=self._signature(X, yt, ys))
         self.net_.to("cpu")
+        return self
+
+    def _net_path(self) -> str:
+        """The single net this fit trains: the joint head and multi-label states are deep."""
+        if self.head == "joint" or (self.path == "ensemble" and self.state_mode == "multilabel"):
+            return "deep"
+        return self.path
+
+    def _fit_ensemble(self, X: np.ndarray, cell_type: Sequence[str], cell_state: Any, *,
+                      X_val: np.ndarray | None, cell_type_val: Sequence[str] | None,
+                      cell_state_val: Any, checkpoint_dir: str | Path | None) -> CellClassifier:
+        """Fit the deep and the linear path apart, then choose their mixture on validation.
+
+        Only the validation cells (held-back training patients) choose the weight, never test
+        patients. Without validation cells both count equally.
+        """
+        members = {}
+        for path in ("deep", "linear"):
+            members[path] = clone(self).set_params(path=path).fit(
+                X, cell_type, cell_state, X_val=X_val, cell_type_val=cell_type_val,
+                cell_state_val=cell_state_val,
+                checkpoint_dir=Path(checkpoint_dir) / path if checkpoint_dir else None)
+        deep, linear = members["deep"], members["linear"]
+        for key, value in vars(deep).items():  # vocabularies, type means, history: the deep fit's
+            if key.endswith("_") and not key.startswith("_"):
+                setattr(self, key, value)
+        heads = ["cell_type"] + (["cell_state"] if self.states_ else [])
+        weights = {h: 0.5 for h in heads}
+        self.mix_errors_: dict[str, dict[str, float]] | None = None
+        if X_val is not None and len(X_val):
+            pa, pb = deep.predict_proba(X_val), linear.predict_proba(X_val)
+            labels = {"cell_type": (cell_type_val, self.types_),
+                      "cell_state": (cell_state_val, self.states_)}
+            self.mix_errors_ = {}
+            for h in heads:
+                errors = {w: _mix_error(pa[h], pb[h], w, *labels[h]) for w in MIX_WEIGHTS}
+                weights[h] = choose_weight(errors)
+                self.mix_errors_[h] = {str(w): round(e, 5) for w, e in errors.items()}
+        self.linear_weight_ = {h: float(w) for h, w in weights.items()}
+        self.chosen_ = {h: {0.0: "deep", 1.0: "linear"}.get(w, "ensemble")
+                        for h, w in self.linear_weight_.items()}
+        self.net_ = CellEnsemble(deep.net_, linear.net_, self.linear_weight_)
         return self
 
     def _signature(self, X: np.ndarray, yt: np.ndarray, ys: np.ndarray) -> str:
@@ -269,7 +365,17 @@ class CellClassifier(NetEstimator):
             table[t, s] = k
         return table
 
-    def _build(self) -> CellNet:
+    def _build(self) -> nn.Module:
+        if self._net_path() == "ensemble":
+            return CellEnsemble(self._build_one("deep"), self._build_one("linear"),
+                                self.linear_weight_)
+        return self._build_one(self._net_path())
+
+    def _build_one(self, path: str) -> CellNet:
+        means = None if self.type_means_ is None else torch.as_tensor(self.type_means_)
+        if path == "linear":
+            return CellNet(None, FactoredHeads(self.n_features_in_, len(self.types_),
+                                               len(self.states_)), means)
         if self.encoder == "mixer":
             enc: nn.Module = MixerEncoder(self.modules_, dim=self.mixer_dim,
                                           depth=self.mixer_depth, dropout=self.dropout)
@@ -280,7 +386,6 @@ class CellClassifier(NetEstimator):
                                         len(self.types_), len(self.states_))
         else:
             head = FactoredHeads(enc.out_features, len(self.types_), len(self.states_))
-        means = None if self.type_means_ is None else torch.as_tensor(self.type_means_)
         return CellNet(enc, head, means)
 
     # -- prediction ----------------------------------------------------------------------------
@@ -331,7 +436,9 @@ class CellClassifier(NetEstimator):
         learned = {"types": self.types_, "states": self.states_,
                    "n_features_in": self.n_features_in_, "pairs": getattr(self, "pairs_", None),
                    "modules": self.modules_, "history": self.history_.as_dict(),
-                   "priors": getattr(self, "priors_", None)}
+                   "priors": getattr(self, "priors_", None), "chosen": self.chosen_,
+                   "linear_weight": getattr(self, "linear_weight_", None),
+                   "mix_errors": getattr(self, "mix_errors_", None)}
         self._write(directory, learned, meta)
 
     @classmethod
@@ -344,11 +451,17 @@ class CellClassifier(NetEstimator):
         self.n_features_in_ = info["n_features_in"]
         self.modules_ = info["modules"]
         n_means = (len(self.types_), self.n_features_in_)
-        self.type_means_ = np.zeros(n_means, np.float32) if "type_means" in state else None
+        centred = any(k.endswith("type_means") for k in state)
+        self.type_means_ = np.zeros(n_means, np.float32) if centred else None
         if info.get("pairs") is not None:
             self.pairs_ = [tuple(p) for p in info["pairs"]]
         self.history_ = TrainHistory(**info["history"])
         self.priors_ = info.get("priors")
+        # a model saved before paths existed is deep
+        self.chosen_ = info.get("chosen") or info["params"].get("path", "deep")
+        if info.get("linear_weight") is not None:
+            self.linear_weight_ = {h: float(w) for h, w in info["linear_weight"].items()}
+            self.mix_errors_ = info.get("mix_errors")
         self.meta_ = meta
         self.net_ = self._build()
         self.net_.load_state_dict(state)
@@ -374,6 +487,24 @@ class CellClassifier(NetEstimator):
             else:  # pragma: no cover - vocab is built from these labels
                 raise ValueError(f"label {v!r} not in vocabulary")
         return out
+
+
+def choose_weight(errors: dict[float, float], margin: float = MIX_MARGIN) -> float:
+    """The first weight of :data:`MIX_WEIGHTS` within ``margin`` of the lowest error."""
+    best = min(errors.values())
+    return next(w for w in MIX_WEIGHTS if errors[w] <= best + margin + 1e-12)
+
+
+def _mix_error(p_deep: np.ndarray, p_linear: np.ndarray, weight: float,
+               labels: Sequence[Any] | None, vocab: list[str]) -> float:
+    """Error rate of the mixture ``(1 − weight)·p_deep + weight·p_linear`` on the annotated
+    labels."""
+    codes = CellClassifier._codes(labels, vocab, n=len(p_deep), unknown_ok=True)
+    ok = codes >= 0
+    if not ok.any():
+        return 0.0
+    mix = (1 - weight) * p_deep + weight * p_linear
+    return float((mix.argmax(1)[ok] != codes[ok]).mean())
 
 
 def _multilabel_codes(labels: Any, n: int, *,

@@ -2,7 +2,7 @@
 in :mod:`biocls.estimators`."""
 
 from biocls.models._cdr3 import CDR3Encoder, position_features
-from biocls.models._cells import CellNet
+from biocls.models._cells import PATHS, CellEnsemble, CellNet
 from biocls.models._encoders import MixerBlock, MixerEncoder, MLPEncoder, gene_modules
 from biocls.models._filter_seeding import enriched_patterns, seed_encoder, seed_pooling
 from biocls.models._heads import FactoredHeads, JointHead
@@ -13,6 +13,7 @@ from biocls.models._repertoire_net import PackedBag, RepertoireNet, pack_bag
 __all__ = [
     "AttentionPooling",
     "CDR3Encoder",
+    "CellEnsemble",
     "CellNet",
     "FactoredHeads",
     "JointHead",

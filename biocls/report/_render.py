@@ -592,6 +592,7 @@ def _cells_index(ctx: _Context) -> dict[str, Any]:
             "preprocess_note": preprocess.get("note"),
             "pseudo_groups": m.get("pseudo_groups"),
             "qc_removed": preprocess.get("qc_removed"),
+            "model_path": m.get("model_path"),
         },
         "has_state": data["has_state"],
         "metrics_table": _metrics_table(m),

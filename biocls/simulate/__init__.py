@@ -6,5 +6,13 @@ from biocls.simulate._repertoires import (
     implant_motif,
     simulate_repertoires,
 )
+from biocls.simulate._splatter import CELL_MODELS, simulate_cells_splatter
 
-__all__ = ["PHYSICOCHEMICAL_GROUPS", "implant_motif", "simulate_cells", "simulate_repertoires"]
+__all__ = [
+    "CELL_MODELS",
+    "PHYSICOCHEMICAL_GROUPS",
+    "implant_motif",
+    "simulate_cells",
+    "simulate_cells_splatter",
+    "simulate_repertoires",
+]

@@ -169,7 +169,7 @@ class CellsTask:
         factored = fit_model("factored")
         joint = fit_model("joint") if not plan.final and _has_state(obs) else None
         info = {"preprocess": _preprocess_summary(pre, data),
-                "history": factored.history_.as_dict()}
+                "history": factored.history_.as_dict(), "path": _path_choice(factored, plan)}
         seen = None
         if plan.final:  # every cell whose labels shaped the model: fitting and early stopping
             used = data[fit_m | val_m]
@@ -253,6 +253,8 @@ class CellsTask:
             per_patient[str(p)] = entry
         metrics["per_patient"] = per_patient
         metrics["unseen_combinations"] = _unseen_report(pred, exp)
+        metrics["model_path"] = {"setting": exp.model.path,
+                                 "by_fold": [i["path"] for i in infos if i.get("path")]}
         metrics["confusion"] = confusion_tables(pred)
         metrics["patient_details"] = patient_details(pred)
         if infos and infos[0].get("preprocess"):  # every fold preprocesses alike
@@ -365,6 +367,14 @@ def _mark_seen(bundle: CellModelBundle, adata: ad.AnnData, source: str) -> int |
             "cells; obs['biocls_seen_in_training'] marks them, and the out-of-fold "
             "predictions.tsv holds held-out calls", UserWarning, stacklevel=3)
     return n
+
+
+def _path_choice(model: CellClassifier, plan: FoldPlan) -> dict[str, Any]:
+    """What fed the heads in this fold; for ``path: ensemble`` the linear path's weight and each
+    candidate weight's error on the fold's validation patients."""
+    return {"fold": plan.fold, "chosen": model.chosen_,
+            "linear_weight": getattr(model, "linear_weight_", None),
+            "validation_error": getattr(model, "mix_errors_", None)}
 
 
 def _has_state(obs: pd.DataFrame) -> bool:
