@@ -20,6 +20,7 @@ __all__ = [
     "MLPEncoder",
     "MixerBlock",
     "MixerEncoder",
+    "PATHS",
     "PackedBag",
     "PatternPooling",
     "PoolOutput",
