@@ -96,3 +96,36 @@ def test_the_readme_python_example_runs(tmp_path: Path, monkeypatch: pytest.Monk
     again = biocls.tl.annotate(adata, tmp_path / "my_model", copy=True)
     assert (again.obs["biocls_cell_type"].astype(str)
             == adata.obs["biocls_cell_type"].astype(str)).all()
+
+
+def test_the_ensemble_weight_is_chosen_on_validation_patients_never_test_ones(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wiring: the mixture of each fold is chosen on that fold's validation patients' cells."""
+    from biocls.estimators import CellClassifier
+    from biocls.simulate import simulate_cells
+    from biocls.splits import plan_fold
+
+    adata = simulate_cells(n_patients=6, cells_per_patient=60, n_genes=200, n_types=3, seed=4)
+    n_val: list[int] = []
+    original = CellClassifier._fit_ensemble
+
+    def spy(self, X, cell_type, cell_state, *, X_val, **kw):
+        n_val.append(len(X_val))
+        return original(self, X, cell_type, cell_state, X_val=X_val, **kw)
+
+    monkeypatch.setattr(CellClassifier, "_fit_ensemble", spy)
+    res = biocls.tl.cross_validate(
+        adata, keys={"cell_type": "cell_type", "cell_state": "cell_state", "patient": "patient"},
+        folds=3, preprocess={"n_top_genes": 100}, model={"max_epochs": 2, "hidden": [16]})
+    chosen = res.metrics["model_path"]
+    assert chosen["setting"] == "ensemble" and len(chosen["by_fold"]) == 3
+    for fold in chosen["by_fold"]:
+        assert set(fold["linear_weight"]) == {"cell_type", "cell_state"}
+        assert set(fold["validation_error"]["cell_type"]) == {"1.0", "0.5", "0.0"}
+    cells_of = res.predictions.groupby("patient").size()  # every kept cell, once, out of fold
+    patients = res.predictions["patient"].to_numpy()
+    for k, fold in enumerate(sorted(res.splits["fold"].unique())):
+        plan = plan_fold(res.splits, int(fold), patients, validation_fraction=0.2, seed=0,
+                         source="test")
+        assert plan.validation and not set(plan.validation) & set(plan.test)
+        assert n_val[k] == int(cells_of[list(plan.validation)].sum())
