@@ -537,9 +537,9 @@ def test_a_bundle_too_large_for_a_data_url_drops_the_patients_figures(
 def test_index_says_what_each_fold_chose_for_each_head(tmp_path: Path) -> None:
     results = _cells_results(tmp_path)
     m = json.loads((results / "metrics.json").read_text())
-    m["model_path"] = {"setting": "ensemble", "by_fold": [
-        {"fold": "0", "chosen": {"cell_type": "linear", "cell_state": "ensemble"},
-         "linear_weight": {"cell_type": 1.0, "cell_state": 0.5}},
+    m["model_path"] = {"setting": "ensemble", "by_fold": [  # as json.dumps(sort_keys) leaves it
+        {"fold": "0", "chosen": {"cell_state": "ensemble", "cell_type": "linear"},
+         "linear_weight": {"cell_state": 0.5, "cell_type": 1.0}},
         {"fold": "1", "chosen": {"cell_type": "deep", "cell_state": "linear"},
          "linear_weight": {"cell_type": 0.0, "cell_state": 1.0}}]}
     (results / "metrics.json").write_text(json.dumps(m))
@@ -547,5 +547,5 @@ def test_index_says_what_each_fold_chose_for_each_head(tmp_path: Path) -> None:
     render_reports(results)
     text = index.read_text()
     assert "what feeds the heads" in text
-    assert ("fold 0: type <strong>linear</strong>, state <strong>ensemble</strong>; "
-            "fold 1: type <strong>deep</strong>, state <strong>linear</strong>") in text
+    assert ("Fold 0: type <strong>linear</strong>, state <strong>ensemble</strong>; "
+            "Fold 1: type <strong>deep</strong>, state <strong>linear</strong>.") in text
