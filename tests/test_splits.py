@@ -272,6 +272,7 @@ def test_everything_learned_sees_only_fit_patients(tiny, task, tmp_path: Path,
     obs = task.load(tiny).obs
     n_fit = int(obs["biocls_patient"].isin(fit_p).sum())
     n_val = int(obs["biocls_patient"].isin(val_p).sum())
-    assert len(seen["clf"]) == 2  # the factored model and its joint twin
+    # the factored model (path: ensemble), its deep and linear members, and its joint twin
+    assert len(seen["clf"]) == 4
     assert all(c == (n_fit, n_val) for c in seen["clf"])
     assert seen["logreg"] and all(n == n_fit for n in seen["logreg"])
