@@ -8,29 +8,35 @@ import pytest
 import scipy.sparse as sp
 
 from biocls import BioclsError
-from biocls.simulate import simulate_cells
+from biocls.simulate import simulate_cells, simulate_cells_splatter
 
 SMALL = {"n_patients": 4, "cells_per_patient": 50, "n_genes": 200}
+#: what both generators promise alike (tests/test_simulate_splatter.py has the rest of Splatter's)
+BOTH = pytest.mark.parametrize("simulate", [simulate_cells, simulate_cells_splatter],
+                               ids=["biocls", "splatter"])
 
 
 def _same(a, b) -> bool:
     return (a.X != b.X).nnz == 0 and a.obs.equals(b.obs) and list(a.var_names) == list(b.var_names)
 
 
-def test_seed_reproduces_exactly_and_differs_across_seeds():
-    a, b = simulate_cells(**SMALL, seed=3), simulate_cells(**SMALL, seed=3)
-    c = simulate_cells(**SMALL, seed=4)
+@BOTH
+def test_seed_reproduces_exactly_and_differs_across_seeds(simulate):
+    a, b = simulate(**SMALL, seed=3), simulate(**SMALL, seed=3)
+    c = simulate(**SMALL, seed=4)
     assert _same(a, b)
     assert (a.X != c.X).nnz > 0
     assert not a.obs["cell_type"].equals(c.obs["cell_type"])
 
 
-def test_a_patient_does_not_depend_on_how_many_patients_follow():
-    two = simulate_cells(n_patients=2, cells_per_patient=30, n_genes=100, seed=1)
-    three = simulate_cells(n_patients=3, cells_per_patient=30, n_genes=100, seed=1)
+@BOTH
+def test_a_patient_does_not_depend_on_how_many_patients_follow(simulate):
+    two = simulate(n_patients=2, cells_per_patient=30, n_genes=100, seed=1)
+    three = simulate(n_patients=3, cells_per_patient=30, n_genes=100, seed=1)
     first = three[three.obs["patient"] != "P03"]
     assert (two.X != first.X).nnz == 0
     assert list(two.obs["cell_state"]) == list(first.obs["cell_state"])
+    assert list(two.obs["cell_type"]) == list(first.obs["cell_type"])
 
 
 def test_structure_counts_names_and_params(tmp_path):
@@ -54,8 +60,9 @@ def test_structure_counts_names_and_params(tmp_path):
     adata.write_h5ad(tmp_path / "sim.h5ad")  # uns must be serialisable
 
 
-def test_absent_combinations_only_in_named_patients():
-    adata = simulate_cells(
+@BOTH
+def test_absent_combinations_only_in_named_patients(simulate):
+    adata = simulate(
         n_patients=4,
         cells_per_patient=300,
         n_genes=100,
@@ -73,13 +80,15 @@ def test_absent_combinations_only_in_named_patients():
     assert (obs["cell_state"][named] == "malignant").sum() > 0
 
 
-def test_absent_in_all_patients_by_default():
-    adata = simulate_cells(
+@BOTH
+def test_absent_in_all_patients_by_default(simulate):
+    adata = simulate(
         **SMALL, absent_combinations=[("T_CD8", "activated"), ("B", "healthy")], seed=5
     )
     obs = adata.obs
     assert not ((obs["cell_type"] == "T_CD8") & (obs["cell_state"] == "activated")).any()
     assert not ((obs["cell_type"] == "B") & (obs["cell_state"] == "healthy")).any()
+    assert (obs["cell_type"] == "T_CD8").sum() > 0 and (obs["cell_type"] == "B").sum() > 0
 
 
 @pytest.mark.parametrize(

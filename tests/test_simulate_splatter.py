@@ -34,23 +34,6 @@ def _log_profile(adata: ad.AnnData, mask: np.ndarray) -> np.ndarray:
     return np.log1p(1e4 * X / X.sum(axis=1, keepdims=True)).mean(axis=0)
 
 
-def test_seed_reproduces_exactly_and_differs_across_seeds() -> None:
-    a, b = simulate_cells_splatter(**SMALL, seed=3), simulate_cells_splatter(**SMALL, seed=3)
-    c = simulate_cells_splatter(**SMALL, seed=4)
-    assert _same(a, b)
-    assert (a.X != c.X).nnz > 0
-    assert not a.obs["cell_type"].equals(c.obs["cell_type"])
-
-
-def test_a_patient_does_not_depend_on_how_many_patients_follow() -> None:
-    two = simulate_cells_splatter(n_patients=2, cells_per_patient=30, n_genes=100, seed=1)
-    three = simulate_cells_splatter(n_patients=3, cells_per_patient=30, n_genes=100, seed=1)
-    first = three[three.obs["patient"] != "P03"]
-    assert (two.X != first.X).nnz == 0
-    assert list(two.obs["cell_state"]) == list(first.obs["cell_state"])
-    assert list(two.obs["cell_type"]) == list(first.obs["cell_type"])
-
-
 def test_structure_counts_names_and_params(tmp_path) -> None:
     adata = simulate_cells_splatter(**SMALL, n_types=3, states=("healthy", "sick"))
     assert adata.shape == (200, 200)
@@ -86,31 +69,6 @@ def test_mt_genes_carry_a_normal_share_and_are_outside_every_programme() -> None
     touched = {g for genes in info["de_genes"].values() for g in genes}
     touched |= {g for genes in info["state_genes"].values() for g in genes}
     assert not {g for g in touched if g.startswith(("MT-", "RPS", "RPL"))}
-
-
-def test_absent_combinations_only_in_named_patients() -> None:
-    adata = simulate_cells_splatter(
-        n_patients=4, cells_per_patient=300, n_genes=100,
-        absent_combinations=[("T_CD4", "malignant")], absent_in_patients=["P01", "P02"], seed=2,
-    )  # fmt: skip
-    obs = adata.obs
-    combo = (obs["cell_type"] == "T_CD4") & (obs["cell_state"] == "malignant")
-    named = obs["patient"].isin(["P01", "P02"])
-    assert combo[named].sum() == 0
-    assert combo[~named].sum() > 0
-    # the type and the state still occur in the named patients, just not together
-    assert (obs["cell_type"][named] == "T_CD4").sum() > 0
-    assert (obs["cell_state"][named] == "malignant").sum() > 0
-
-
-def test_absent_in_all_patients_by_default() -> None:
-    adata = simulate_cells_splatter(
-        **SMALL, absent_combinations=[("T_CD8", "activated"), ("B", "healthy")], seed=5
-    )
-    obs = adata.obs
-    assert not ((obs["cell_type"] == "T_CD8") & (obs["cell_state"] == "activated")).any()
-    assert not ((obs["cell_type"] == "B") & (obs["cell_state"] == "healthy")).any()
-    assert (obs["cell_type"] == "T_CD8").sum() > 0 and (obs["cell_type"] == "B").sum() > 0
 
 
 def test_shared_state_programme_is_raised_in_every_type() -> None:

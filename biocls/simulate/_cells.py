@@ -64,6 +64,75 @@ def _check(ok: bool, what: str, field: str, fix: str) -> None:
         raise BioclsError(what, where=f"simulate.{field}", fix=fix)
 
 
+def _allowed_combinations(patients: list[str], types: list[str], states: Sequence[str],
+                          absent_combinations: Sequence[tuple[str, str]],
+                          absent_in_patients: Sequence[str] | None
+                          ) -> tuple[np.ndarray, list[tuple[str, str]], list[str]]:
+    """``[patient, type, state]`` booleans: which combinations may be drawn (both generators);
+    with the checked absent pairs and the patients they are absent in."""
+    allowed = np.ones((len(patients), len(types), len(states)), dtype=bool)
+    if absent_in_patients is None:
+        absent_patients = list(patients)
+    else:
+        absent_patients = [str(p) for p in absent_in_patients]
+        unknown = sorted(set(absent_patients) - set(patients))
+        _check(not unknown, f"unknown patient IDs {unknown}", "absent_in_patients",
+               f"use IDs among {patients[0]}..{patients[-1]}")  # fmt: skip
+    states = list(states)
+    absent = [(str(t), str(s)) for t, s in absent_combinations]
+    for t, s in absent:
+        _check(t in types, f"unknown cell type {t!r}", "absent_combinations",
+               f"use one of {types}")  # fmt: skip
+        _check(s in states, f"unknown state {s!r}", "absent_combinations",
+               f"use one of {states}")  # fmt: skip
+        for p in absent_patients:
+            allowed[patients.index(p), types.index(t), states.index(s)] = False
+    empty = np.argwhere(~allowed.any(axis=2))
+    if len(empty):
+        p, t = empty[0]
+        raise BioclsError(
+            f"every state of type {types[t]!r} is absent in patient {patients[p]}",
+            where="simulate.absent_combinations",
+            fix="leave at least one state per type",
+        )
+    return allowed, absent, absent_patients
+
+
+class _CountRows:
+    """Per-chunk count blocks gathered into one CSR matrix, and per-patient ``obs`` frames into
+    the AnnData both generators return (same layout: categoricals, ``var`` MT/ribo flags)."""
+
+    def __init__(self) -> None:
+        self.indptrs: list[np.ndarray] = []
+        self.indices: list[np.ndarray] = []
+        self.data: list[np.ndarray] = []
+        self.obs: list[pd.DataFrame] = []
+        self.nnz = 0
+
+    def add(self, counts: np.ndarray) -> None:
+        rows, cols = np.nonzero(counts)
+        self.indices.append(cols.astype(np.int32))
+        self.data.append(counts[rows, cols].astype(np.float32))
+        self.indptrs.append(np.bincount(rows, minlength=counts.shape[0]).cumsum() + self.nnz)
+        self.nnz += len(rows)
+
+    def anndata(self, *, n_genes: int, genes: list[str], n_mt: int, n_ribo: int,
+                types: Sequence[str], states: Sequence[str],
+                patients: Sequence[str]) -> ad.AnnData:
+        dtype = np.int64 if self.nnz > 2**31 - 1 else np.int32
+        indptr = np.concatenate([[0], *self.indptrs]).astype(dtype)
+        obs = pd.concat(self.obs)
+        X = sp.csr_matrix((np.concatenate(self.data), np.concatenate(self.indices), indptr),
+                          shape=(len(obs), n_genes))
+        obs["cell_type"] = pd.Categorical(obs["cell_type"], categories=types)
+        obs["cell_state"] = pd.Categorical(obs["cell_state"], categories=states)
+        obs["patient"] = pd.Categorical(obs["patient"], categories=patients)
+        var = pd.DataFrame(index=pd.Index(genes, name=None))
+        var["mt"] = np.arange(n_genes) < n_mt
+        var["ribo"] = (np.arange(n_genes) >= n_mt) & (np.arange(n_genes) < n_mt + n_ribo)
+        return ad.AnnData(X=X, obs=obs, var=var)
+
+
 def simulate_cells(
     *,
     n_patients: int = 12,
@@ -154,31 +223,8 @@ def simulate_cells(
     patients = [f"P{i + 1:0{pwidth}d}" for i in range(n_patients)]
     genes, n_mt, n_ribo = _gene_names(n_genes)
 
-    # Which (patient, type, state) combinations may be drawn.
-    allowed = np.ones((n_patients, n_types, len(states)), dtype=bool)
-    if absent_in_patients is None:
-        absent_patients = list(patients)
-    else:
-        absent_patients = [str(p) for p in absent_in_patients]
-        unknown = sorted(set(absent_patients) - set(patients))
-        _check(not unknown, f"unknown patient IDs {unknown}", "absent_in_patients",
-               f"use IDs among {patients[0]}..{patients[-1]}")  # fmt: skip
-    absent = [(str(t), str(s)) for t, s in absent_combinations]
-    for t, s in absent:
-        _check(t in types, f"unknown cell type {t!r}", "absent_combinations",
-               f"use one of {types}")  # fmt: skip
-        _check(s in states, f"unknown state {s!r}", "absent_combinations",
-               f"use one of {states}")  # fmt: skip
-        for p in absent_patients:
-            allowed[patients.index(p), types.index(t), states.index(s)] = False
-    empty = np.argwhere(~allowed.any(axis=2))
-    if len(empty):
-        p, t = empty[0]
-        raise BioclsError(
-            f"every state of type {types[t]!r} is absent in patient {patients[p]}",
-            where="simulate.absent_combinations",
-            fix="leave at least one state per type",
-        )
+    allowed, absent, absent_patients = _allowed_combinations(
+        patients, types, states, absent_combinations, absent_in_patients)
 
     root = np.random.SeedSequence(seed)
     global_rng = np.random.default_rng(root.spawn(1)[0])
@@ -246,8 +292,7 @@ def simulate_cells(
     base_prev[0] = 0.4 if len(states) > 1 else 1.0
     theta = 1.0 / dispersion
 
-    indptrs, indices, data, obs_frames = [], [], [], []
-    nnz_total = 0
+    out = _CountRows()
     for p, pid in enumerate(patients):
         rng = np.random.default_rng(patient_seeds[p])
         batch = rng.normal(0.0, batch_sd, n_genes)
@@ -284,13 +329,9 @@ def simulate_cells(
             rate *= rng.standard_gamma(theta, size=rate.shape, dtype=np.float32)
             rate /= theta
             counts = rng.poisson(rate)
-            rows, cols = np.nonzero(counts)
-            indices.append(cols.astype(np.int32))
-            data.append(counts[rows, cols].astype(np.float32))
-            indptrs.append(np.bincount(rows, minlength=counts.shape[0]).cumsum() + nnz_total)
-            nnz_total += len(rows)
+            out.add(counts)
         width = len(str(n))
-        obs_frames.append(
+        out.obs.append(
             pd.DataFrame(
                 {
                     "cell_type": np.asarray(types)[t_idx],
@@ -303,20 +344,8 @@ def simulate_cells(
             )
         )
 
-    indptr = np.concatenate([[0], *indptrs]).astype(np.int64 if nnz_total > 2**31 - 1 else np.int32)
-    X = sp.csr_matrix(
-        (np.concatenate(data), np.concatenate(indices), indptr),
-        shape=(n_patients * cells_per_patient, n_genes),
-    )
-    obs = pd.concat(obs_frames)
-    obs["cell_type"] = pd.Categorical(obs["cell_type"], categories=types)
-    obs["cell_state"] = pd.Categorical(obs["cell_state"], categories=states)
-    obs["patient"] = pd.Categorical(obs["patient"], categories=patients)
-    var = pd.DataFrame(index=pd.Index(genes, name=None))
-    var["mt"] = np.arange(n_genes) < n_mt
-    var["ribo"] = (np.arange(n_genes) >= n_mt) & (np.arange(n_genes) < n_mt + n_ribo)
-
-    adata = ad.AnnData(X=X, obs=obs, var=var)
+    adata = out.anndata(n_genes=n_genes, genes=genes, n_mt=n_mt, n_ribo=n_ribo, types=types,
+                        states=states, patients=patients)
     adata.uns["biocls_simulate"] = {
         "params": {
             "n_patients": n_patients,

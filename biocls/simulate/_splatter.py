@@ -17,13 +17,13 @@ from collections.abc import Callable, Sequence
 import anndata as ad
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
-from biocls._errors import BioclsError
 from biocls.simulate._cells import (
     _CHUNK_CELLS,
     DEFAULT_STATES,
+    _allowed_combinations,
     _check,
+    _CountRows,
     _gene_names,
     _type_names,
     simulate_cells,
@@ -185,31 +185,8 @@ def simulate_cells_splatter(
                "state_prevalence", "give one mean prevalence per state")  # fmt: skip
         prevalence = prevalence / prevalence.sum()
 
-    # Which (patient, type, state) combinations may be drawn.
-    allowed = np.ones((n_patients, n_types, len(states)), dtype=bool)
-    if absent_in_patients is None:
-        absent_patients = list(patients)
-    else:
-        absent_patients = [str(p) for p in absent_in_patients]
-        unknown = sorted(set(absent_patients) - set(patients))
-        _check(not unknown, f"unknown patient IDs {unknown}", "absent_in_patients",
-               f"use IDs among {patients[0]}..{patients[-1]}")  # fmt: skip
-    absent = [(str(t), str(s)) for t, s in absent_combinations]
-    for t, s in absent:
-        _check(t in types, f"unknown cell type {t!r}", "absent_combinations",
-               f"use one of {types}")  # fmt: skip
-        _check(s in states, f"unknown state {s!r}", "absent_combinations",
-               f"use one of {states}")  # fmt: skip
-        for p in absent_patients:
-            allowed[patients.index(p), types.index(t), states.index(s)] = False
-    empty = np.argwhere(~allowed.any(axis=2))
-    if len(empty):
-        p, t = empty[0]
-        raise BioclsError(
-            f"every state of type {types[t]!r} is absent in patient {patients[p]}",
-            where="simulate.absent_combinations",
-            fix="leave at least one state per type",
-        )
+    allowed, absent, absent_patients = _allowed_combinations(
+        patients, types, states, absent_combinations, absent_in_patients)
 
     # -- what every patient shares: genes, type and state programmes -----------------------------
     rng = np.random.default_rng([seed, 0])
@@ -258,9 +235,8 @@ def simulate_cells_splatter(
                                                 de_down_prob)
 
     # -- each patient on its own stream ----------------------------------------------------------
-    indptrs, indices, data, obs_frames = [], [], [], []
+    out = _CountRows()
     missing: dict[str, list[str]] = {}
-    nnz_total = 0
     for p, pid in enumerate(patients):
         prng = np.random.default_rng([seed, 1, p])
         drop_rng = np.random.default_rng([seed, 2, p])  # so dropout only ever zeroes counts
@@ -298,13 +274,9 @@ def simulate_cells_splatter(
                 with np.errstate(divide="ignore", over="ignore"):
                     p_zero = 1.0 / (1.0 + np.exp(dropout_shape * (np.log(lam) - dropout_mid)))
                 counts[drop_rng.random(counts.shape) < p_zero] = 0
-            rows, cols = np.nonzero(counts)
-            indices.append(cols.astype(np.int32))
-            data.append(counts[rows, cols].astype(np.float32))
-            indptrs.append(np.bincount(rows, minlength=counts.shape[0]).cumsum() + nnz_total)
-            nnz_total += len(rows)
+            out.add(counts)
         width = len(str(n))
-        obs_frames.append(
+        out.obs.append(
             pd.DataFrame(
                 {
                     "cell_type": np.asarray(types)[t_idx],
@@ -315,21 +287,9 @@ def simulate_cells_splatter(
             )
         )
 
-    indptr = np.concatenate([[0], *indptrs]).astype(np.int64 if nnz_total > 2**31 - 1 else np.int32)
-    X = sp.csr_matrix(
-        (np.concatenate(data), np.concatenate(indices), indptr),
-        shape=(n_patients * cells_per_patient, n_genes),
-    )
-    obs = pd.concat(obs_frames)
-    obs["cell_type"] = pd.Categorical(obs["cell_type"], categories=types)
-    obs["cell_state"] = pd.Categorical(obs["cell_state"], categories=states)
-    obs["patient"] = pd.Categorical(obs["patient"], categories=patients)
-    var = pd.DataFrame(index=pd.Index(genes, name=None))
-    var["mt"] = np.arange(n_genes) < n_mt
-    var["ribo"] = (np.arange(n_genes) >= n_mt) & (np.arange(n_genes) < n_mt + n_ribo)
-
+    adata = out.anndata(n_genes=n_genes, genes=genes, n_mt=n_mt, n_ribo=n_ribo, types=types,
+                        states=states, patients=patients)
     names = np.asarray(genes)
-    adata = ad.AnnData(X=X, obs=obs, var=var)
     adata.uns["biocls_simulate"] = {
         "model": "splatter",
         "params": {
