@@ -359,3 +359,22 @@ def test_multilabel_states_and_joint_head_stay_deep() -> None:
     with pytest.raises(ValueError, match="partial-label"):
         labels = np.stack([(s == "x"), (s == "y")], 1).astype(float)
         model(path="linear", state_mode="multilabel").fit(X, t, labels)
+
+
+def test_a_model_saved_before_paths_existed_loads_as_deep(tmp_path: Path) -> None:
+    import json
+
+    X, t, s = data()
+    m = model(path="deep").fit(X, t, s)
+    m.save(tmp_path / "m")
+    info_path = tmp_path / "m" / "model.json"
+    info = json.loads(info_path.read_text())
+    for key in ("chosen", "linear_weight", "mix_errors"):
+        info.pop(key)
+    for key in ("path", "linear_c"):
+        info["params"].pop(key)
+    info_path.write_text(json.dumps(info))
+    back = CellClassifier.load(tmp_path / "m")
+    assert back.path == "deep" and back.chosen_ == "deep"
+    np.testing.assert_array_equal(back.predict_proba(X)["cell_type"],
+                                  m.predict_proba(X)["cell_type"])

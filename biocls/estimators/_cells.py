@@ -445,8 +445,9 @@ class CellClassifier(NetEstimator):
     def load(cls, directory: str | Path) -> CellClassifier:
         """A fitted estimator from a folder written by :meth:`save`; its metadata is ``meta_``."""
         state, info, meta = cls._read(directory)
-        self = cls(**{k: v for k, v in info["params"].items() if k != "progress"},
-                   progress=False)
+        params = {k: v for k, v in info["params"].items() if k != "progress"}
+        params.setdefault("path", "deep")  # a model saved before paths existed is deep
+        self = cls(**params, progress=False)
         self.types_, self.states_ = info["types"], info["states"]
         self.n_features_in_ = info["n_features_in"]
         self.modules_ = info["modules"]
@@ -457,8 +458,7 @@ class CellClassifier(NetEstimator):
             self.pairs_ = [tuple(p) for p in info["pairs"]]
         self.history_ = TrainHistory(**info["history"])
         self.priors_ = info.get("priors")
-        # a model saved before paths existed is deep
-        self.chosen_ = info.get("chosen") or info["params"].get("path", "deep")
+        self.chosen_ = info.get("chosen") or self.path
         if info.get("linear_weight") is not None:
             self.linear_weight_ = {h: float(w) for h, w in info["linear_weight"].items()}
             self.mix_errors_ = info.get("mix_errors")
