@@ -39,7 +39,8 @@ SLURM_LOGS = Path(os.environ.get("BIOCLS_SLURM_DIR", "/tmp/biocls-slurm"))
 EXPERIMENTS = ("demo_cells", "demo_repertoires")
 OUTPUTS = ("metrics.json", "predictions.tsv")
 VICTIM = "rule_train_cells_wildcards_demo_cells_0"  # the job that is scancel-ed
-VICTIM_CHECKPOINT = "results/demo_cells/checkpoints/0/factored/checkpoint.pt"
+# path: ensemble (the default) checkpoints its deep net under factored/deep/
+VICTIM_CHECKPOINT = "results/demo_cells/checkpoints/0/factored/deep/checkpoint.pt"
 VICTIM_FOLD_INFO = "results/demo_cells/folds/0/fold_info.json"
 _DEMO_MODEL = yaml.safe_load((REPO / "configs/default.yaml").read_text())["experiments"][
     "demo_cells"]["model"]
