@@ -64,6 +64,29 @@ def _check(ok: bool, what: str, field: str, fix: str) -> None:
         raise BioclsError(what, where=f"simulate.{field}", fix=fix)
 
 
+def _check_cohort(n_patients: int, cells_per_patient: int, n_genes: int, n_types: int,
+                  states: Sequence[str], n_hard_pairs: int | None) -> tuple[list[str], int]:
+    """The checks both generators make on a cohort's shape; the states as strings and the
+    number of hard pairs (``None``: ``min(2, n_types // 2)``)."""
+    states = [str(s) for s in states]
+    _check(n_patients >= 1, f"n_patients must be >= 1, got {n_patients}", "n_patients",
+           "use at least one patient")  # fmt: skip
+    _check(cells_per_patient >= 1, f"cells_per_patient must be >= 1, got {cells_per_patient}",
+           "cells_per_patient", "use at least one cell per patient")  # fmt: skip
+    _check(n_genes >= 50, f"n_genes must be >= 50, got {n_genes}", "n_genes",
+           "use at least 50 genes")  # fmt: skip
+    _check(n_types >= 2, f"n_types must be >= 2, got {n_types}", "n_types", "use at least 2 types")
+    _check(len(states) >= 1 and len(set(states)) == len(states),
+           f"states must be unique and non-empty, got {states}", "states",
+           "list each state name once")  # fmt: skip
+    if n_hard_pairs is None:
+        n_hard_pairs = min(2, n_types // 2)
+    _check(0 <= n_hard_pairs <= n_types // 2,
+           f"n_hard_pairs must be in [0, {n_types // 2}], got {n_hard_pairs}", "n_hard_pairs",
+           "use at most n_types // 2 hard pairs")  # fmt: skip
+    return states, n_hard_pairs
+
+
 def _allowed_combinations(patients: list[str], types: list[str], states: Sequence[str],
                           absent_combinations: Sequence[tuple[str, str]],
                           absent_in_patients: Sequence[str] | None
@@ -195,22 +218,8 @@ def simulate_cells(
     - ``var``: ``mt``, ``ribo`` (bool); gene names in ``var_names``;
     - ``uns["biocls_simulate"]``: ``params`` (every argument), ``hard_pairs``.
     """
-    states = [str(s) for s in states]
-    _check(n_patients >= 1, f"n_patients must be >= 1, got {n_patients}", "n_patients",
-           "use at least one patient")  # fmt: skip
-    _check(cells_per_patient >= 1, f"cells_per_patient must be >= 1, got {cells_per_patient}",
-           "cells_per_patient", "use at least one cell per patient")  # fmt: skip
-    _check(n_genes >= 50, f"n_genes must be >= 50, got {n_genes}", "n_genes",
-           "use at least 50 genes")  # fmt: skip
-    _check(n_types >= 2, f"n_types must be >= 2, got {n_types}", "n_types", "use at least 2 types")
-    _check(len(states) >= 1 and len(set(states)) == len(states),
-           f"states must be unique and non-empty, got {states}", "states",
-           "list each state name once")  # fmt: skip
-    if n_hard_pairs is None:
-        n_hard_pairs = min(2, n_types // 2)
-    _check(0 <= n_hard_pairs <= n_types // 2,
-           f"n_hard_pairs must be in [0, {n_types // 2}], got {n_hard_pairs}", "n_hard_pairs",
-           "use at most n_types // 2 hard pairs")  # fmt: skip
+    states, n_hard_pairs = _check_cohort(n_patients, cells_per_patient, n_genes, n_types, states,
+                                         n_hard_pairs)
     _check(0.0 <= low_quality_fraction < 0.5,
            f"low_quality_fraction must be in [0, 0.5), got {low_quality_fraction}",
            "low_quality_fraction", "use a small fraction such as 0.02")  # fmt: skip

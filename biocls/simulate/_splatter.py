@@ -23,6 +23,7 @@ from biocls.simulate._cells import (
     DEFAULT_STATES,
     _allowed_combinations,
     _check,
+    _check_cohort,
     _CountRows,
     _gene_names,
     _type_names,
@@ -126,22 +127,8 @@ def simulate_cells_splatter(
       (state → shared genes), ``state_specific_genes`` (state → type → genes),
       ``missing_types`` (patient → types it lacks).
     """
-    states = [str(s) for s in states]
-    _check(n_patients >= 1, f"n_patients must be >= 1, got {n_patients}", "n_patients",
-           "use at least one patient")  # fmt: skip
-    _check(cells_per_patient >= 1, f"cells_per_patient must be >= 1, got {cells_per_patient}",
-           "cells_per_patient", "use at least one cell per patient")  # fmt: skip
-    _check(n_genes >= 50, f"n_genes must be >= 50, got {n_genes}", "n_genes",
-           "use at least 50 genes")  # fmt: skip
-    _check(n_types >= 2, f"n_types must be >= 2, got {n_types}", "n_types", "use at least 2 types")
-    _check(len(states) >= 1 and len(set(states)) == len(states),
-           f"states must be unique and non-empty, got {states}", "states",
-           "list each state name once")  # fmt: skip
-    if n_hard_pairs is None:
-        n_hard_pairs = min(2, n_types // 2)
-    _check(0 <= n_hard_pairs <= n_types // 2,
-           f"n_hard_pairs must be in [0, {n_types // 2}], got {n_hard_pairs}", "n_hard_pairs",
-           "use at most n_types // 2 hard pairs")  # fmt: skip
+    states, n_hard_pairs = _check_cohort(n_patients, cells_per_patient, n_genes, n_types, states,
+                                         n_hard_pairs)
     _check(hard_pair_genes >= 1, f"hard_pair_genes must be >= 1, got {hard_pair_genes}",
            "hard_pair_genes", "use a few genes, e.g. 12")  # fmt: skip
     _check(mean_shape > 0 and mean_rate > 0,
