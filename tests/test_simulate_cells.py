@@ -39,25 +39,28 @@ def test_a_patient_does_not_depend_on_how_many_patients_follow(simulate):
     assert list(two.obs["cell_type"]) == list(first.obs["cell_type"])
 
 
-def test_structure_counts_names_and_params(tmp_path):
-    adata = simulate_cells(**SMALL, n_types=3, states=("healthy", "sick"))
+@BOTH
+def test_structure_counts_names_and_params(simulate, tmp_path):
+    adata = simulate(**SMALL, n_types=3, states=("healthy", "sick"))
     assert adata.shape == (200, 200)
     assert sp.issparse(adata.X) and adata.X.format == "csr"
     assert adata.X.data.min() >= 0 and np.all(adata.X.data == np.round(adata.X.data))
     for key in ("cell_type", "cell_state", "patient"):
         assert isinstance(adata.obs[key].dtype, pd.CategoricalDtype)
     assert list(adata.obs["patient"].cat.categories) == ["P01", "P02", "P03", "P04"]
+    assert (adata.obs["patient"].value_counts() == 50).all()
     assert set(adata.obs["cell_state"]) == {"healthy", "sick"}
     assert adata.obs["cell_type"].nunique() == 3
     assert adata.obs_names.is_unique and adata.var_names.is_unique
     names = pd.Index(adata.var_names)
-    assert names.str.startswith("MT-").sum() >= 1
+    assert names.str.startswith("MT-").sum() >= 1 and adata.var["mt"].sum() >= 1
     assert names.str.startswith(("RPS", "RPL")).sum() >= 1
     assert "GENE0001" in names
     params = adata.uns["biocls_simulate"]["params"]
     assert params["seed"] == 0 and params["n_types"] == 3
     assert list(params["states"]) == ["healthy", "sick"]
     adata.write_h5ad(tmp_path / "sim.h5ad")  # uns must be serialisable
+
 
 
 @BOTH

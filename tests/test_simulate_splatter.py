@@ -11,9 +11,7 @@ import json
 
 import anndata as ad
 import numpy as np
-import pandas as pd
 import pytest
-import scipy.sparse as sp
 
 from biocls import BioclsError
 from biocls.cli import build_parser, main
@@ -34,30 +32,18 @@ def _log_profile(adata: ad.AnnData, mask: np.ndarray) -> np.ndarray:
     return np.log1p(1e4 * X / X.sum(axis=1, keepdims=True)).mean(axis=0)
 
 
-def test_structure_counts_names_and_params(tmp_path) -> None:
+def test_names_the_model_and_shares_type_names_with_simulate_cells(tmp_path) -> None:
+    """The structure both generators share is tested in tests/test_simulate_cells.py."""
     adata = simulate_cells_splatter(**SMALL, n_types=3, states=("healthy", "sick"))
-    assert adata.shape == (200, 200)
-    assert sp.issparse(adata.X) and adata.X.format == "csr"
-    assert adata.X.data.min() >= 0 and np.all(adata.X.data == np.round(adata.X.data))
-    for key in ("cell_type", "cell_state", "patient"):
-        assert isinstance(adata.obs[key].dtype, pd.CategoricalDtype)
-    assert list(adata.obs["patient"].cat.categories) == ["P01", "P02", "P03", "P04"]
-    assert (adata.obs["patient"].value_counts() == 50).all()
-    assert set(adata.obs["cell_state"]) == {"healthy", "sick"}
     # the same type names as simulate_cells, so a config ports between the two generators
     other = simulate_cells(**SMALL, n_types=3)
     assert list(adata.obs["cell_type"].cat.categories) == \
         list(other.obs["cell_type"].cat.categories)
-    assert adata.obs_names.is_unique and adata.var_names.is_unique
-    names = pd.Index(adata.var_names)
-    assert names.str.startswith("MT-").sum() >= 1 and adata.var["mt"].sum() >= 1
-    info = adata.uns["biocls_simulate"]
-    assert info["model"] == "splatter"
-    assert info["params"]["seed"] == 0 and info["params"]["n_types"] == 3
-    assert list(info["params"]["states"]) == ["healthy", "sick"]
-    adata.write_h5ad(tmp_path / "sim.h5ad")  # uns must be serialisable
+    assert adata.uns["biocls_simulate"]["model"] == "splatter"
+    adata.write_h5ad(tmp_path / "sim.h5ad")
     back = ad.read_h5ad(tmp_path / "sim.h5ad")
     assert back.uns["biocls_simulate"]["model"] == "splatter"
+
 
 
 def test_mt_genes_carry_a_normal_share_and_are_outside_every_programme() -> None:
