@@ -64,7 +64,7 @@ from biocls.preprocess import is_raw_counts
 from biocls.simulate import simulate_cells
 from biocls.splits import FoldPlan, plan_fold
 from biocls.tasks import cross_validate, fit_fold
-from biocls.tasks.cells import CellsTask
+from biocls.tasks.cells import CellsTask, _unseen_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ("tuning", "evaluation")
@@ -292,16 +292,8 @@ def chosen_of(info: dict[str, Any]) -> Any:
     return path.get("chosen") if isinstance(path, dict) else None
 
 
-def _unseen_mask(obs: pd.DataFrame, pairs: list[list[str]]) -> np.ndarray:
-    t, s = obs["biocls_cell_type"].astype(str), obs["biocls_cell_state"].astype(str)
-    mask = np.zeros(len(obs), dtype=bool)
-    for a, b in pairs:
-        mask |= ((t == a) & (s == b)).to_numpy()
-    return mask
-
-
-def celltypist_predict(data: ad.AnnData, plans: list[FoldPlan], pairs: list[list[str]],
-                       seed: int) -> pd.DataFrame:
+def celltypist_predict(data: ad.AnnData, plans: list[FoldPlan],
+                       exp: CellExperiment) -> pd.DataFrame:
     """CellTypist's calls on each plan's test cells: one model per head, trained on the plan's
     fit donors (withheld pairs removed), as biocls's logistic regression is."""
     import celltypist
@@ -314,7 +306,8 @@ def celltypist_predict(data: ad.AnnData, plans: list[FoldPlan], pairs: list[list
         sc.pp.log1p(X)
     obs = data.obs
     patients = obs["biocls_patient"].astype(str).to_numpy()
-    unseen = _unseen_mask(obs, pairs)
+    unseen = _unseen_mask(obs, exp)  # the cells biocls's own fits withhold
+    seed = exp.seed
     frames = []
     for plan in plans:
         fit_m, _, test_m = plan.masks(patients)
@@ -378,16 +371,25 @@ def both_right(pred: pd.DataFrame, pairs: list[list[str]], model: str,
     return out
 
 
+def experiment(name: str, d: Data, *, model: dict[str, Any],
+               preprocess: dict[str, Any] | None = None, folds: int | None = None,
+               source: str = "benchmarks/cells_suite.py") -> CellExperiment:
+    """The cohort's experiment through the workflow's config loader; ``model`` and
+    ``preprocess`` are merged over the cohort's own options."""
+    block = {"task": "cells", "keys": d.keys, "folds": folds or d.folds, "seed": 0,
+             "progress": False, "preprocess": {**d.preprocess, **(preprocess or {})},
+             "model": {**d.model, **model}, "unseen_combinations": d.unseen, **d.extra}
+    exp = parse_experiment(block, name=name, source=source, partial=True)
+    assert isinstance(exp, CellExperiment)
+    return exp
+
+
 def run_cohort(name: str, cohort: Cohort, args: argparse.Namespace) -> dict[str, Any]:
     """Cross-validation on the training donors, a fit for the new donors, CellTypist on both."""
     start = time.perf_counter()
     d = cohort.load(args)
-    model = {**d.model, **({"max_epochs": QUICK_EPOCHS} if args.quick else {}), **args.model}
-    block = {"task": "cells", "keys": d.keys, "folds": args.folds or d.folds, "seed": 0,
-             "progress": False, "preprocess": {**d.preprocess, **args.preprocess},
-             "model": model, "unseen_combinations": d.unseen, **d.extra}
-    exp = parse_experiment(block, name=name, source="benchmarks/cells_suite.py", partial=True)
-    assert isinstance(exp, CellExperiment)
+    model = {**({"max_epochs": QUICK_EPOCHS} if args.quick else {}), **args.model}
+    exp = experiment(name, d, model=model, preprocess=args.preprocess, folds=args.folds)
     task = _KeepInfo()
     data = task.prepare(exp, d.adata.copy())  # checks and per-patient QC, as the workflow
     patients = task.patients(data).astype(str)
@@ -411,15 +413,15 @@ def run_cohort(name: str, cohort: Cohort, args: argparse.Namespace) -> dict[str,
     models = [m for m in MODELS if m != "celltypist" or args.peers_ok]
     if args.peers_ok:
         t0 = time.perf_counter()
-        ct = celltypist_predict(train, cv_plans, d.unseen, exp.seed)
+        ct = celltypist_predict(train, cv_plans, exp)
         cv_pred = cv_pred.merge(ct.drop(columns=C.FOLD), on=C.CELL_ID, how="left")
         if new_plan is not None:
-            ct = celltypist_predict(data, [new_plan], d.unseen, exp.seed)
+            ct = celltypist_predict(data, [new_plan], exp)
             new_pred = new_pred.merge(ct.drop(columns=C.FOLD), on=C.CELL_ID, how="left")
         t_peer = time.perf_counter() - t0
     out: dict[str, Any] = {
-        "group": cohort.group, "describe": d.describe, "model_options": model,
-        "preprocess_options": block["preprocess"], "folds": exp.folds,
+        "group": cohort.group, "describe": d.describe, "model_options": {**d.model, **model},
+        "preprocess_options": {**d.preprocess, **args.preprocess}, "folds": exp.folds,
         "unseen_combinations": d.unseen, "n_cells": int(data.n_obs),
         "n_cv_donors": int(cv.splits.shape[0]), "new_donors": list(d.new_donors),
         "chosen": {"cv": [chosen_of(i) for i in cv_infos],

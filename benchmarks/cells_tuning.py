@@ -61,7 +61,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cells_suite as suite  # noqa: E402 (the benchmarks folder is not a package)
 
 from biocls import columns as C  # noqa: E402
-from biocls.config import CellExperiment, parse_experiment  # noqa: E402
 from biocls.estimators._cells import MIX_WEIGHTS, choose_weight  # noqa: E402
 from biocls.evaluate import classification_metrics  # noqa: E402
 from biocls.splits import plan_fold  # noqa: E402
@@ -138,18 +137,10 @@ def member_proba(model: Any, X: np.ndarray) -> dict[str, tuple[np.ndarray, np.nd
     return {h: (a[h].softmax(-1).numpy(), b[h].softmax(-1).numpy()) for h in a}
 
 
-def experiment(name: str, d: suite.Data, model: dict[str, Any]) -> CellExperiment:
-    block = {"task": "cells", "keys": d.keys, "folds": d.folds, "seed": 0, "progress": False,
-             "preprocess": d.preprocess, "model": {**d.model, "path": "ensemble", **model},
-             "unseen_combinations": d.unseen, **d.extra}
-    exp = parse_experiment(block, name=name, source="benchmarks/cells_tuning.py", partial=True)
-    assert isinstance(exp, CellExperiment)
-    return exp
-
-
 def mixture_folds(name: str, d: suite.Data, model: dict[str, Any]) -> dict[str, list[HeadFold]]:
     """Cross-validate the cohort's CV donors through the task; each fold's numbers per head."""
-    exp = experiment(name, d, model)
+    exp = suite.experiment(name, d, model={"path": "ensemble", **model},
+                           source="benchmarks/cells_tuning.py")
     task = CellsTask()
     data = task.prepare(exp, d.adata.copy())
     data = data[~np.isin(task.patients(data).astype(str), d.new_donors)].copy()
