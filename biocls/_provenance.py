@@ -29,6 +29,7 @@ import scipy.sparse as sp
 from biocls import __version__
 
 __all__ = ["FINGERPRINTS", "bag_fingerprint", "cell_fingerprints", "model_provenance",
+           "model_signature",
            "prediction_provenance", "read_fingerprints", "write_fingerprints"]
 
 #: The file of a model folder that lists its training items' fingerprints (sorted uint64).
@@ -88,6 +89,22 @@ def read_fingerprints(directory: str | Path) -> np.ndarray | None:
     if not path.is_file():
         return None
     return np.load(path, allow_pickle=False).astype(np.uint64)
+
+
+def model_signature(directory: str | Path, *, skip: Sequence[str] = ()) -> str:
+    """A SHA-256 over a model folder's files (relative names and bytes, in sorted order): a
+    certificate names the exact weights and preprocessing it holds for. ``skip`` leaves out
+    files written after the model (none today)."""
+    root = Path(directory)
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = f.relative_to(root).as_posix()
+        if rel in skip:
+            continue
+        h.update(rel.encode() + b"\0")
+        h.update(f.read_bytes())
+        h.update(b"\0")
+    return h.hexdigest()
 
 
 def model_provenance(exp: Any) -> dict[str, str]:

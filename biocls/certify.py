@@ -1,42 +1,46 @@
-"""RATT error certificates: a bound on test error from held-out cells given random labels.
+"""RATT error certificates for the model that ships, per cell and per patient.
 
 Garg, Balakrishnan, Kolter & Lipton 2021, "RATT: Leveraging Unlabeled Data to Guarantee
-Generalization" (ICML 2021, arXiv:2105.00303). Train on the clean labelled set ``S`` (``n``
-cells) together with ``m`` unlabelled cells ``S~`` that were given labels drawn uniformly from the
-``k`` classes, stopping early on clean validation data. If the model fits the clean cells but not
-the random labels, its error on new data is small:
+Generalization" (ICML 2021, arXiv:2105.00303). Train on a clean labelled set ``S`` (``n`` cells)
+together with ``m`` cells ``S~`` whose labels were drawn uniformly from the ``k`` classes, with
+early stopping on clean validation data only. If the model fits the clean cells but not the random
+labels, its error on new cells of the same distribution is small. With probability ≥ ``1 - δ``::
 
-    error <= E_clean + (k - 1) * (1 - k / (k - 1) * E_random) + confidence term
+    error <= E_S + (k - 1) * (1 - k / (k - 1) * E_S~) + (k + √k + m / (n √k)) √(log(4/δ) / 2m)
 
-with ``E_clean`` the error on ``S``, ``E_random`` the error on ``S~`` *against its random
-labels*, and, with probability at least ``1 - delta``, the confidence term of the paper's
-multi-class result (its Theorem 3, as we read it)::
+``E_S`` is the error on ``S``, ``E_S~`` the error on ``S~`` *against its random labels* (the
+paper's multi-class result, its Theorem 3 as we read it; ``k = 2`` gives the binary
+``E_S + 1 - 2 E_S~``). The exact form has ``E_S~C``, the error on the ``S~`` cells whose random
+label happens to be right, where ``E_S`` stands: the two agree only when ``S`` and ``S~`` are
+exchangeable and treated alike. biocls therefore
 
-    (k + sqrt(k) + m / (n * sqrt(k))) * sqrt(log(4 / delta) / (2 * m))
+- trains the **shipped model** (``results/<exp>/model``) this way when a ``certify:`` block is
+  set: ``S~`` is a uniform ``certify.random_fraction`` of the fit patients' cells (so S and S~
+  are draws of the same patients' cells), preprocessing is fitted on the expression of S ∪ S~,
+  and fold ``certify.fold``'s patients are held out of the model entirely;
+- logs ``E_S~C`` beside ``E_S`` (the labels of S~ are known here), and the bound with ``E_S~C``
+  in its place;
+- measures the error on the held-out patients, who were never randomly labelled nor trained on;
+- states two things, each for whom it holds: the **per-cell** RATT bound, for new cells of the
+  fitting patients (cells are treated as independent draws); and a **per-patient** bound on the
+  mean error of a new patient, from the held-out patients' error rates (one number per patient,
+  Hoeffding's Chernoff bound inverted: exact for independent [0, 1] variables, and honest about
+  how few patients there are);
+- splits ``δ`` equally across every statement (heads × kinds), so they hold *together* at
+  ``1 - δ``.
 
-For ``k = 2`` the main term is the binary ``E_clean + 1 - 2 * E_random``. The paper proves the
-bound for empirical risk minimisation and for linear models trained by gradient descent; for deep
-nets it rests on its "early learning" assumption (clean labels are fitted before random ones).
-
-What it certifies, in biocls terms:
-
-- the unlabelled cells come from held-out patients, disjoint from the training (and validation)
-  patients, and the bound is **per cell**: the expected error rate on a cell drawn from the same
-  distribution, not a per-patient error;
-- it assumes **exchangeability across patients**: new patients are drawn like these (same cohort,
-  protocol, annotation). Cells of one patient are correlated, so the effective sample size is
-  below ``m``; the confidence term treats cells as independent draws, which flatters it;
-- the certified model is the RATT-trained model (clean + random labels) on the top principal
-  components (``certify.n_pcs``), not the cross-validated gene-level model, and it is trained on
-  every type×state combination (no ``unseen_combinations`` holdout), because the bound needs
-  clean and held-out cells from one distribution. Its measured test error is on the held-out
-  cells themselves, which it saw only with random labels.
+:func:`certify_unlabelled` certifies a user's unlabelled cohort: it is split in halves A and B;
+a model trained with A randomly labelled is certified on A and predicts B, and the reverse, at
+``δ/2`` each, so no cell is predicted by a model that saw it with a random label. There ``E_S~C``
+cannot be measured, so the bound needs the cohort to be exchangeable with the labelled one.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +51,17 @@ from biocls._io import write_json
 from biocls.config import CellExperiment, Certify
 from biocls.evaluate import known_mask
 
-__all__ = ["certify", "confidence_term", "ratt_bound"]
+__all__ = ["ab_halves", "certify", "certify_unlabelled", "confidence_term", "patient_bound",
+           "ratt_bound", "split_delta"]
 
 log = logging.getLogger(__name__)
 
-HEADS = ("cell_type", "cell_state")
+METHOD = "RATT (Garg et al. 2021, arXiv:2105.00303)"
+UNLABELLED = "__unlabelled__"  # the pseudo-patient of an unlabelled half while it trains
+PER_CELL = ("new cells of the fitting patients, drawn like their cells; cells treated as "
+            "independent draws (cells of one patient are correlated, which flatters it)")
+PER_PATIENT = ("the mean cell error of a new patient drawn like the held-out patients (each "
+               "held-out patient is one independent draw; nothing assumed about cells)")
 
 
 def confidence_term(*, k: int, m: int, n: int, delta: float = 0.05) -> float:
@@ -64,12 +74,310 @@ def ratt_bound(*, clean_error: float, random_error: float, k: int, m: int, n: in
                delta: float = 0.05) -> float:
     """Upper bound on the test error (holds with probability ≥ ``1 - delta``); may exceed 1.
 
-    ``clean_error``: error on the ``n`` clean training cells; ``random_error``: error on the
-    ``m`` randomly labelled cells against their random labels; ``k``: number of classes.
+    ``clean_error``: error on the ``n`` clean training cells (``E_S``; pass ``E_S~C`` for the
+    exact form); ``random_error``: error on the ``m`` randomly labelled cells against their
+    random labels; ``k``: number of classes.
     """
     _check(k, m, n, delta)
     main = clean_error + (k - 1) * (1 - k / (k - 1) * random_error)
     return float(main + confidence_term(k=k, m=m, n=n, delta=delta))
+
+
+def patient_bound(errors: Sequence[float], *, delta: float) -> float:
+    """Upper confidence bound (level ``1 - delta``) on the mean of independent [0, 1] values.
+
+    The values are per-patient error rates; the bound is the largest ``q`` with
+    ``len(errors) * kl(mean || q) <= log(1 / delta)`` (Hoeffding 1963, Theorem 1, inverted).
+    With no errors at all it is ``1 - delta ** (1 / n)``.
+    """
+    x = np.asarray(errors, dtype=float)
+    if x.size == 0:
+        raise ValueError("no patients to bound")
+    if ((x < 0) | (x > 1)).any() or not 0 < delta < 1:
+        raise ValueError("errors must lie in [0, 1] and delta in (0, 1)")
+    mean, budget = float(x.mean()), math.log(1 / delta) / x.size
+    if mean >= 1.0 or _kl(mean, 1.0) <= budget:
+        return 1.0
+    lo, hi = mean, 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if _kl(mean, mid) <= budget else (lo, mid)
+    return hi
+
+
+def split_delta(delta: float, n_statements: int) -> float:
+    """δ for each of ``n_statements`` bounds, so that all hold together at ``1 - delta``
+    (union bound)."""
+    if n_statements < 1:
+        raise ValueError("n_statements must be >= 1")
+    return delta / n_statements
+
+
+def ab_halves(n: int, seed: int) -> np.ndarray:
+    """A random split of ``n`` cells into halves: ``True`` for A (``ceil(n / 2)`` cells)."""
+    if n < 2:
+        raise ValueError("an unlabelled cohort needs at least 2 cells to split")
+    out = np.zeros(n, dtype=bool)
+    out[np.random.default_rng([seed, 7_773]).permutation(n)[: (n + 1) // 2]] = True
+    return out
+
+
+# -- the shipped model ------------------------------------------------------------------------
+
+def certify(exp: CellExperiment, *, model: Path, out: Path) -> dict[str, Any]:
+    """Certify ``model`` (a final model folder trained with ``certify:`` set) and write
+    ``certificate.json``: per head the per-cell bound, the per-patient bound, the measured error
+    on the held-out patients, ``E_S``, ``E_S~``, ``E_S~C`` and the model's signature."""
+    from biocls._provenance import model_signature
+    from biocls.splits import check_no_leak
+    from biocls.tasks.cells import RATT_FILE, CellsTask, _unseen_mask, load_cell_model
+
+    model = Path(model)
+    ratt_path, info_path = model / RATT_FILE, model / "train_info.json"
+    if not ratt_path.is_file() or not info_path.is_file():
+        raise BioclsError("this model was not trained with random labels (no ratt.json)",
+                          where=str(model), fix="add a certify: block to the experiment and "
+                                                "train the final model again")
+    ratt, info = json.loads(ratt_path.read_text()), json.loads(info_path.read_text())
+    signature = model_signature(model)
+    bundle = load_cell_model(model)
+    fit_p, val_p, test_p = (list(info.get(k) or []) for k in
+                            ("fit_patients", "validation_patients", "test_patients"))
+    if not test_p:
+        raise BioclsError("the model holds out no patients to measure it on", where=str(model),
+                          fix="retrain it with a certify: block (certify.fold is held out)")
+    check_no_leak(fit_p + val_p, test_p, what="certify (trained vs held-out patients)")
+    task = CellsTask()
+    adata = task.load(exp)
+    obs = adata.obs
+    patients = obs["biocls_patient"].astype(str).to_numpy()
+    unseen = _unseen_mask(obs, exp)
+    fit_m = np.isin(patients, fit_p) & ~unseen
+    rand_m = fit_m & obs.index.astype(str).isin(ratt["cells"])
+    if int(rand_m.sum()) != len(ratt["cells"]):
+        raise BioclsError(f"{len(ratt['cells']) - int(rand_m.sum())} of the model's randomly "
+                          "labelled cells are not in the data", where=str(exp.input),
+                          fix="certify with the data the model was trained on")
+    clean_m, test_m = fit_m & ~rand_m, np.isin(patients, test_p) & ~unseen
+
+    def predict(mask: np.ndarray) -> dict[str, np.ndarray]:
+        return bundle.classifier.predict(bundle.preprocessor.transform(adata[mask]))
+
+    pred = {"clean": predict(clean_m), "random": predict(rand_m), "test": predict(test_m)}
+    heads = [h for h in ("cell_type", "cell_state") if h in ratt["labels"]]
+    delta = (exp.certify or Certify()).delta
+    d_each = split_delta(delta, 2 * len(heads))
+    order = {c: i for i, c in enumerate(ratt["cells"])}
+    where_r = np.asarray([order[c] for c in obs.index[rand_m].astype(str)])
+    result: dict[str, Any] = {}
+    for h in heads:
+        col = f"biocls_{h}"
+        random = np.asarray(ratt["labels"][h], dtype=object)[where_r]
+        entry = _head(pred, h, k=len(ratt["classes"][h]), delta=d_each,
+                      truth={"clean": obs.loc[clean_m, col].to_numpy(dtype=object),
+                             "random": obs.loc[rand_m, col].to_numpy(dtype=object),
+                             "test": obs.loc[test_m, col].to_numpy(dtype=object)},
+                      random=random, test_patients=patients[test_m])
+        result[h] = entry
+        log.info("certify %s: per-cell bound %.3f, per-patient bound %.3f, measured error on %d "
+                 "held-out patients %.3f (E_S %.3f, E_S~ %.3f, E_S~C %.3f, k=%d, m=%d, n=%d)", h,
+                 entry["bound"], entry["patient_bound"], entry["n_test_patients"],
+                 entry["test_error"], entry["clean_error"], entry["random_error"],
+                 entry["random_correct_error"], entry["k"], entry["m"], entry["n"])
+    vacuous = [h for h, e in result.items() if e["bound"] >= 1]
+    if vacuous:
+        k_chance = {h: (result[h]["k"] - 1) / result[h]["k"] for h in vacuous}
+        log.warning(
+            "certify: the per-cell bound is 1 or more for %s: the model fitted the random labels "
+            "(E_S~ %s, chance %s), so it certifies nothing. Give it fewer features "
+            "(preprocess.n_pcs, e.g. 50) or more randomly labelled cells "
+            "(certify.random_fraction)", ", ".join(vacuous),
+            ", ".join(f"{result[h]['random_error']:.2f}" for h in vacuous),
+            ", ".join(f"{v:.2f}" for v in k_chance.values()))
+    skipped = (["cell_state (multi-label states are not certified)"]
+               if exp.keys.state_labels else [])
+    cert = {
+        "method": METHOD, "experiment": exp.name,
+        "model": {"path": str(model), "signature": signature,
+                  "config_hash": (bundle.classifier.meta_ or {}).get("config_hash")},
+        "random_fraction": ratt.get("random_fraction"),
+        "fit_patients": fit_p, "validation_patients": val_p, "heldout_patients": test_p,
+        "delta": delta, "delta_each": d_each, "n_statements": 2 * len(heads),
+        "delta_note": f"δ = {delta} split equally over {2 * len(heads)} statements (per-cell "
+                      f"and per-patient, for each of {len(heads)} head(s)): each holds at "
+                      f"1 - {d_each:.4g}, all together at 1 - {delta}",
+        "assumptions": {"per_cell": PER_CELL, "per_patient": PER_PATIENT},
+        "skipped": skipped, "heads": result}
+    write_json(out, cert)
+    return cert
+
+
+def _head(pred: dict[str, dict[str, np.ndarray]], head: str, *, k: int, delta: float,
+          truth: dict[str, np.ndarray], random: np.ndarray,
+          test_patients: np.ndarray) -> dict[str, Any]:
+    """One head's figures (see :func:`certify`)."""
+    p = {part: np.asarray(pred[part][head]).astype(str) for part in pred}
+    clean = known_mask(truth["clean"])
+    n, m = int(clean.sum()), int(len(random))
+    e_clean = _rate(p["clean"][clean] != truth["clean"][clean].astype(str))
+    e_rand = _rate(p["random"] != random.astype(str))
+    right = known_mask(truth["random"]) & (random.astype(str) == truth["random"].astype(str))
+    e_right = _rate(p["random"][right] != random[right].astype(str))
+    known_t = known_mask(truth["test"])
+    wrong_t = p["test"][known_t] != truth["test"][known_t].astype(str)
+    per_patient = {str(q): _rate(wrong_t[test_patients[known_t] == q])
+                   for q in np.unique(test_patients[known_t])}
+    return {
+        "k": k, "n": n, "m": m, "delta": delta,
+        "clean_error": e_clean, "random_error": e_rand,
+        "random_correct_error": e_right, "n_random_correct": int(right.sum()),
+        "confidence_term": confidence_term(k=k, m=m, n=n, delta=delta),
+        "bound": ratt_bound(clean_error=e_clean, random_error=e_rand, k=k, m=m, n=n,
+                            delta=delta),
+        "bound_with_random_correct": (ratt_bound(clean_error=e_right, random_error=e_rand, k=k,
+                                                 m=m, n=n, delta=delta)
+                                      if right.any() else None),
+        "test_error": _rate(wrong_t), "n_test": int(known_t.sum()),
+        "patient_errors": per_patient, "n_test_patients": len(per_patient),
+        "patient_mean_error": float(np.mean(list(per_patient.values())))
+        if per_patient else None,
+        "patient_bound": patient_bound(list(per_patient.values()), delta=delta)
+        if per_patient else None,
+    }
+
+
+# -- a user's unlabelled cohort ---------------------------------------------------------------
+
+def certify_unlabelled(exp: CellExperiment, *, splits: Path, unlabelled: Path, out: Path,
+                       predictions: Path | None = None) -> dict[str, Any]:
+    """Certify the experiment's recipe on an unlabelled cohort, the A/B way (module docstring).
+
+    Each half is trained on as RATT's S~ beside every labelled fitting patient (S), with the
+    experiment's validation patients for early stopping; its model predicts the other half.
+    ``predictions`` (an ``.h5ad``) receives the cohort with ``obs["biocls_<head>"]``,
+    ``obs["biocls_ratt_half"]`` (the half the cell was randomly labelled in) and
+    ``obs["biocls_certified_by"]`` (the model that predicted it: the other half's).
+    """
+    import anndata as ad
+    import pandas as pd
+
+    from biocls._io import atomic_path
+    from biocls.data import check_values
+    from biocls.splits import FoldPlan, plan_fold, read_splits
+    from biocls.tasks.cells import CellsTask, _unseen_mask, fit_cells
+
+    unlabelled = Path(unlabelled)
+    try:
+        new = ad.read_h5ad(unlabelled)
+    except Exception as e:
+        raise BioclsError(f"not a readable .h5ad ({type(e).__name__})", where=str(unlabelled),
+                          fix="pass an AnnData .h5ad to --unlabelled") from None
+    if new.n_obs < 2:
+        raise BioclsError(f"{new.n_obs} cell(s): nothing to split in halves",
+                          where=str(unlabelled), fix="pass a cohort of at least 2 cells")
+    check_values(new.X, where=f"{unlabelled}: X")
+    task = CellsTask()
+    adata = task.load(exp)
+    genes = adata.var_names.intersection(new.var_names)
+    if len(genes) < max(2, adata.n_vars // 2):
+        raise BioclsError(f"shares {len(genes)} of the training data's {adata.n_vars} genes",
+                          where=f"{unlabelled}: var_names",
+                          fix="use the same gene identifiers (symbols or Ensembl IDs) as the "
+                              "training data")
+    plan = plan_fold(read_splits(str(splits)), "final", task.patients(adata),
+                     validation_fraction=exp.validation_fraction, seed=exp.seed,
+                     source=str(splits))
+    labelled = adata[np.isin(task.patients(adata), plan.fit + plan.validation)][:, genes]
+    in_a = ab_halves(new.n_obs, exp.seed)
+    heads = ["cell_type"]
+    if "biocls_cell_state" in adata.obs and not exp.keys.state_labels:
+        heads.append("cell_state")
+    delta = (exp.certify or Certify()).delta
+    d_each = split_delta(delta, 2 * len(heads))
+    calls = {h: np.empty(new.n_obs, dtype=object) for h in heads}
+    by = np.empty(new.n_obs, dtype=object)
+    halves: dict[str, Any] = {}
+    for name, mask in (("A", in_a), ("B", ~in_a)):
+        part = new[mask][:, genes].copy()
+        part.obs = pd.DataFrame({"biocls_patient": UNLABELLED, "biocls_cell_type": None,
+                                 **({"biocls_cell_state": None} if "cell_state" in heads
+                                    else {})}, index=[f"{UNLABELLED}{name}:{i}" for i in
+                                                      range(part.n_obs)])
+        both = ad.concat([labelled, part], join="inner", merge=None)
+        fit_plan = FoldPlan("final", (*plan.fit, UNLABELLED), plan.validation, ())
+        randomise = (both.obs["biocls_patient"] == UNLABELLED).to_numpy()
+        log.info("half %s: %d unlabelled cells trained with random labels", name, randomise.sum())
+        fitted = fit_cells(exp, both, fit_plan, randomise=randomise)
+        clean_m = (np.isin(both.obs["biocls_patient"].astype(str), plan.fit)
+                   & ~_unseen_mask(both.obs, exp) & ~randomise)
+        model, pre = fitted.factored, fitted.preprocessor
+        p_clean = model.predict(pre.transform(both[clean_m]))
+        p_rand = model.predict(pre.transform(both[randomise]))
+        other = model.predict(pre.transform(new[~mask][:, genes]))
+        for h in heads:
+            calls[h][~mask] = other[h]
+        by[~mask] = f"model_{name}"
+        entry: dict[str, Any] = {"n_cells": int(mask.sum()), "heads": {}}
+        for h in heads:
+            if h not in fitted.ratt["labels"]:
+                continue
+            truth = both.obs.loc[clean_m, f"biocls_{h}"].to_numpy(dtype=object)
+            ok = known_mask(truth)
+            k = len(fitted.ratt["classes"][h])
+            n, m = int(ok.sum()), int(randomise.sum())
+            e_clean = _rate(np.asarray(p_clean[h])[ok].astype(str) != truth[ok].astype(str))
+            e_rand = _rate(np.asarray(p_rand[h]).astype(str)
+                           != np.asarray(fitted.ratt["labels"][h]).astype(str))
+            entry["heads"][h] = {
+                "k": k, "n": n, "m": m, "delta": d_each / 2, "clean_error": e_clean,
+                "random_error": e_rand,
+                "bound": ratt_bound(clean_error=e_clean, random_error=e_rand, k=k, m=m, n=n,
+                                    delta=d_each / 2)}
+        halves[name] = entry
+    combined: dict[str, Any] = {}
+    for h in heads:
+        if all(h in halves[x]["heads"] for x in "AB"):
+            # model A predicts B's cells and model B predicts A's: weight each bound by the
+            # cells it covers
+            a, b = halves["A"], halves["B"]
+            combined[h] = {"bound": (b["n_cells"] * a["heads"][h]["bound"]
+                                     + a["n_cells"] * b["heads"][h]["bound"]) / new.n_obs,
+                           "delta": d_each}
+    cert = {"method": METHOD + ", A/B halves of an unlabelled cohort", "experiment": exp.name,
+            "unlabelled": str(unlabelled), "n_cells": int(new.n_obs),
+            "delta": delta, "delta_each": d_each,
+            "delta_note": f"δ = {delta} split over {len(heads)} head(s) and the two halves: "
+                          f"each half's bound holds at 1 - {d_each / 2:.4g}",
+            "assumptions": "per cell; the cohort is exchangeable with the labelled training "
+                           "cells (E_S stands in for E_S~C, which needs the cohort's labels); "
+                           "every cell is predicted by the model trained on the other half",
+            "halves": halves, "heads": combined}
+    write_json(out, cert)
+    if predictions is not None:
+        for h in heads:
+            new.obs[f"biocls_{h}"] = pd.Categorical(calls[h].astype(str))
+        new.obs["biocls_certified_by"] = pd.Categorical(by.astype(str))
+        new.obs["biocls_ratt_half"] = pd.Categorical(np.where(in_a, "A", "B"))
+        new.uns["biocls_certify"] = {"certificate": str(out), "delta": delta}
+        with atomic_path(Path(predictions)) as tmp:
+            new.write_h5ad(tmp)
+    return cert
+
+
+def _rate(wrong: np.ndarray) -> float:
+    return float(np.mean(wrong)) if len(wrong) else float("nan")
+
+
+def _kl(p: float, q: float) -> float:
+    """Bernoulli KL divergence kl(p || q), with 0 log 0 = 0."""
+    eps = 1e-15
+    q = min(max(q, eps), 1 - eps)
+    out = 0.0
+    if p > 0:
+        out += p * math.log(p / q)
+    if p < 1:
+        out += (1 - p) * math.log((1 - p) / (1 - q))
+    return out
 
 
 def _check(k: int, m: int, n: int, delta: float) -> None:
@@ -79,112 +387,3 @@ def _check(k: int, m: int, n: int, delta: float) -> None:
         raise ValueError(f"m and n must be >= 1, got m={m}, n={n}")
     if not 0 < delta < 1:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
-
-
-def certify(exp: CellExperiment, *, splits: Path, out: Path) -> None:
-    """Train one RATT model and write ``certificate.json`` (per head: bound, test_error, ...).
-
-    The unlabelled set is fold ``certify.fold`` (default 0) of ``splits.tsv``; the remaining
-    patients are split into fit and validation patients exactly as ``biocls train`` does
-    (:func:`~biocls.splits.plan_fold`). Preprocessing is fitted on the fit patients, then
-    (``certify.n_pcs``, default 50) projected on their top principal components: on ~1000 genes
-    the network memorises ~1000 random labels within a few epochs, and the bound is vacuous
-    (above 1). ``n_pcs: null`` certifies the gene-level model instead. The encoder and head are
-    the experiment's ``model`` settings.
-    """
-    from biocls.preprocess import CellPreprocessor
-    from biocls.splits import check_no_leak, plan_fold, read_splits
-    from biocls.tasks.cells import PARTIAL_LOSS_KEYS, CellsTask, classifier
-
-    if exp.task != "cells":
-        raise BioclsError("`certify` is for cell experiments", where="--spec",
-                          fix="pass a `task: cells` experiment")
-    opts = exp.certify or Certify()
-    delta, fold, seed = opts.delta, opts.fold, exp.seed
-    table = read_splits(str(splits))
-    if fold not in set(table["fold"].astype(int)):
-        raise BioclsError(f"fold {fold} is not in splits.tsv", where="certify.fold",
-                          fix=f"use one of {sorted(set(table['fold'].astype(int)))}")
-    task = CellsTask()
-    adata = task.load(exp)
-    obs = adata.obs
-    plan = plan_fold(table, fold, task.patients(adata),
-                     validation_fraction=exp.validation_fraction, seed=seed, source=str(splits))
-    fit_p, val_p = list(plan.fit), list(plan.validation)
-    held_p = sorted(table.loc[table["fold"].astype(int) == fold, "patient"].astype(str))
-    check_no_leak(fit_p + val_p, held_p, what="certify (training vs random-label patients)")
-    fit_m, val_m, held_m = plan.masks(task.patients(adata))
-    if not held_m.any():
-        raise BioclsError(f"fold {fold} has no cells", where=str(splits), fix="pick another fold")
-
-    pp = exp.preprocess
-    pre = CellPreprocessor(nmads=None, n_top_genes=pp.n_top_genes, target_sum=pp.target_sum,
-                           max_value=pp.max_value)
-    pre.fit(adata[fit_m])
-    X_fit, X_val, X_held = (pre.transform(adata[m]) for m in (fit_m, val_m, held_m))
-    n_pcs = opts.n_pcs
-    if n_pcs:
-        X_fit, X_val, X_held = _project(X_fit, (X_fit, X_val, X_held), int(n_pcs), seed)
-    o_fit, o_val, o_held = obs[fit_m], obs[val_m], obs[held_m]
-    multilabel = bool(exp.keys.state_labels)
-    heads = ["cell_type"]
-    if not multilabel and "biocls_cell_state" in obs and o_fit["biocls_cell_state"].notna().any():
-        heads.append("cell_state")
-    rng = np.random.default_rng([seed, 7_772])
-    true_fit = {h: o_fit[f"biocls_{h}"].to_numpy(dtype=object) for h in heads}
-    vocab = {h: sorted({str(v) for v in true_fit[h] if v is not None}) for h in heads}
-    random = {h: np.asarray(vocab[h], dtype=object)[rng.integers(0, len(vocab[h]), len(X_held))]
-              for h in heads}
-
-    # the certificate's own network on principal components, as before the linear path existed
-    model = classifier(exp, drop=PARTIAL_LOSS_KEYS).set_params(path="deep")
-    X = np.concatenate([X_fit, X_held])
-    model.fit(X, np.concatenate([true_fit["cell_type"], random["cell_type"]]),
-              np.concatenate([true_fit["cell_state"], random["cell_state"]])
-              if "cell_state" in heads else None,
-              X_val=X_val, cell_type_val=o_val["biocls_cell_type"].to_numpy(dtype=object),
-              cell_state_val=(o_val["biocls_cell_state"].to_numpy(dtype=object)
-                              if "cell_state" in heads else None))
-    pred_fit, pred_held = model.predict(X_fit), model.predict(X_held)
-
-    result: dict[str, Any] = {}
-    for h in heads:
-        k = len(vocab[h])
-        if k < 2:
-            log.warning("certify: %s has %d class(es); no bound", h, k)
-            continue
-        clean = known_mask(true_fit[h])
-        truth = o_held[f"biocls_{h}"].to_numpy(dtype=object)
-        known_held = known_mask(truth)
-        n, m = int(clean.sum()), int(len(X_held))
-        e_clean = float(np.mean(pred_fit[h][clean].astype(str) != true_fit[h][clean].astype(str)))
-        e_rand = float(np.mean(pred_held[h].astype(str) != random[h].astype(str)))
-        test = (float(np.mean(pred_held[h][known_held].astype(str) !=
-                              truth[known_held].astype(str))) if known_held.any() else float("nan"))
-        bound = ratt_bound(clean_error=e_clean, random_error=e_rand, k=k, m=m, n=n, delta=delta)
-        result[h] = {"bound": bound, "test_error": test, "delta": delta, "m": m, "n": n, "k": k,
-                     "clean_error": e_clean, "random_error": e_rand,
-                     "confidence_term": confidence_term(k=k, m=m, n=n, delta=delta),
-                     "n_test": int(known_held.sum())}
-        log.info("certify %s: bound %.3f (E_clean %.3f, E_random %.3f, k=%d, m=%d), measured "
-                 "test error %.3f", h, bound, e_clean, e_rand, k, m, test)
-    write_json(out, {
-        "method": "RATT (Garg et al. 2021, arXiv:2105.00303)",
-        "experiment": exp.name, "fold": fold, "heldout_patients": held_p,
-        "fit_patients": fit_p, "validation_patients": val_p,
-        "assumptions": "per-cell bound; new patients exchangeable with these; cells treated as "
-                       "independent draws in the confidence term",
-        "n_pcs": int(n_pcs) if n_pcs else None,
-        "skipped": ["cell_state (multi-label states are not certified)"] if multilabel else [],
-        "history": model.history_.as_dict(), "heads": result})
-
-
-def _project(X_fit: np.ndarray, parts: tuple[np.ndarray, ...], n_pcs: int,
-             seed: int) -> tuple[np.ndarray, ...]:
-    """Principal components fitted on the clean training cells, applied to every part."""
-    from sklearn.decomposition import PCA
-
-    pca = PCA(n_components=min(n_pcs, *X_fit.shape), random_state=seed).fit(X_fit)
-    return tuple(pca.transform(x).astype(np.float32) for x in parts)
-
-

@@ -27,7 +27,8 @@ typical order (the Snakemake workflow runs these for you):
   biocls simulate cells --out data/demo.h5ad
   biocls split    --spec SPEC --out results/EXP/splits.tsv
   biocls train    --spec SPEC --splits results/EXP/splits.tsv --fold 0 --out results/EXP/folds/0
-  biocls certify  --spec SPEC --splits results/EXP/splits.tsv --out results/EXP/certificate.json
+  biocls train    --spec SPEC --splits results/EXP/splits.tsv --fold final --out results/EXP/model
+  biocls certify  --spec SPEC --model results/EXP/model --out results/EXP/certificate.json
   biocls evaluate --spec SPEC --splits results/EXP/splits.tsv --folds-dir results/EXP/folds \\
                   --out results/EXP [--certificate results/EXP/certificate.json]
   biocls report   --results results/EXP
@@ -168,7 +169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_certify(args: argparse.Namespace) -> None:
-    from biocls.certify import certify
+    from biocls.certify import certify, certify_unlabelled
     from biocls.train import set_threads
 
     exp = load_spec(args.spec)
@@ -176,7 +177,19 @@ def cmd_certify(args: argparse.Namespace) -> None:
         raise BioclsError("`certify` is for cell experiments", where="--spec",
                           fix="pass a `task: cells` experiment")
     set_threads(args.threads)
-    certify(exp, splits=Path(args.splits), out=Path(args.out))
+    if args.unlabelled:
+        if not args.splits:
+            raise BioclsError("--unlabelled needs --splits", where="--splits",
+                              fix="pass results/<exp>/splits.tsv (its validation patients "
+                                  "early-stop the two models)")
+        certify_unlabelled(exp, splits=Path(args.splits), unlabelled=Path(args.unlabelled),
+                           out=Path(args.out),
+                           predictions=Path(args.predictions) if args.predictions else None)
+    else:
+        if not args.model:
+            raise BioclsError("nothing to certify", where="--model",
+                              fix="pass --model results/<exp>/model (or --unlabelled new.h5ad)")
+        certify(exp, model=Path(args.model), out=Path(args.out))
     log.info("wrote %s", args.out)
 
 
@@ -270,11 +283,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--certificate", help="certificate.json from `biocls certify`, merged into "
                                          "metrics.json under 'certificate'")
 
-    s = verb("certify", cmd_certify, "RATT error certificate: train with held-out patients' "
-                                     "cells given random labels; bound the test error per head")
+    s = verb("certify", cmd_certify,
+             "RATT error certificate for the shipped model (trained with a certify: block: some "
+             "fit cells carry random labels, one fold of patients is held out): a per-cell bound "
+             "and a per-patient bound per head, with the error measured on the held-out "
+             "patients. With --unlabelled: certify on a new, unlabelled cohort (A/B halves)")
     s.add_argument("--spec", required=True)
-    s.add_argument("--splits", required=True, help="splits.tsv; fold `certify.fold` (default 0) "
-                                                   "is the randomly labelled set")
+    s.add_argument("--model", help="results/<exp>/model, trained with the experiment's certify: "
+                                   "block")
+    s.add_argument("--splits", help="splits.tsv (needed with --unlabelled)")
+    s.add_argument("--unlabelled", help="an unlabelled .h5ad cohort: two models, each trained "
+                                        "with one half randomly labelled, certify and predict "
+                                        "the other half (δ/2 each)")
+    s.add_argument("--predictions", help="with --unlabelled: the cohort with its calls and the "
+                                         "half that predicted each cell, as .h5ad")
     s.add_argument("--out", required=True, help="certificate.json to write")
     s.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
 

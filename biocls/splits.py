@@ -119,12 +119,15 @@ class FoldPlan:
 
 def plan_fold(fold_of: Mapping[str, int] | pd.DataFrame, fold: str | int,
               patients: Sequence[str] | np.ndarray, *, validation_fraction: float,
-              seed: int = 0, source: str = "splits.tsv") -> FoldPlan:
+              seed: int = 0, source: str = "splits.tsv",
+              hold_out: int | None = None) -> FoldPlan:
     """The one place a fold's fit, validation and test patients are chosen, for every task.
 
     ``fold_of`` maps patient → fold (or is ``splits.tsv``); ``patients`` are the patients present
-    in the data. ``fold="final"`` tests nobody. Validation patients are whole training patients
-    (:func:`validation_patients`); every pair of sets is checked for leakage.
+    in the data. ``fold="final"`` tests nobody, unless ``hold_out`` names a fold whose patients
+    the final model must never see (a certified model is measured on them). Validation patients
+    are whole training patients (:func:`validation_patients`); every pair of sets is checked for
+    leakage.
     """
     if isinstance(fold_of, pd.DataFrame):
         fold_of = dict(zip(fold_of["patient"].astype(str), fold_of["fold"].astype(int),
@@ -135,11 +138,11 @@ def plan_fold(fold_of: Mapping[str, int] | pd.DataFrame, fold: str | int,
         raise BioclsError(f"patients {unknown[:3]} are not in the splits", where=source,
                           fix="re-run `biocls split` (delete the file) after changing the input")
     fold = str(fold)
-    if fold == "final":
+    if fold == "final" and hold_out is None:
         test: list[str] = []
     else:
         try:
-            k = int(fold)
+            k = int(hold_out if fold == "final" else fold)
         except ValueError:
             raise BioclsError(f"fold {fold!r} is neither a number nor 'final'", where="--fold",
                               fix="pass 0..K-1 or final") from None

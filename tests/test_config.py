@@ -139,15 +139,19 @@ def _steps(block: dict) -> dict[str, dict]:
 
 def test_each_step_reads_only_its_slice() -> None:
     """Editing certify.delta changes the certificate's params and nobody else's; editing the
-    model changes training's and the certificate's, never the split's."""
+    model changes training's (folds and final) and the certificate's, never the split's; what
+    RATT training reads (certify.random_fraction) retrains the final model only."""
     base = {**CELLS, "certify": {"delta": 0.05}}
     before = _steps(base)
     after = _steps({**base, "certify": {"delta": 0.1}})
     assert [s for s in before if before[s] != after[s]] == ["certify"]
     after = _steps({**base, "model": {"lr": 0.01}})
-    assert sorted(s for s in before if before[s] != after[s]) == ["certify", "train"]
+    assert sorted(s for s in before if before[s] != after[s]) == ["certify", "final", "train"]
+    after = _steps({**base, "certify": {"delta": 0.05, "random_fraction": 0.3}})
+    assert sorted(s for s in before if before[s] != after[s]) == ["certify", "final"]
     after = _steps({**base, "unseen_combinations": [["T", "activated"]]})
-    assert sorted(s for s in before if before[s] != after[s]) == ["evaluate", "train"]
+    assert sorted(s for s in before if before[s] != after[s]) == ["certify", "evaluate", "final",
+                                                                  "train"]
     rep = _steps(REPS)
     assert "model" not in rep["split"] and "baseline" not in rep["encode"]
     assert rep["evaluate"] == {"name": "e", "task": "repertoires",

@@ -140,6 +140,29 @@ def test_mostly_foreign_gene_names_are_an_error_not_a_constant_prediction(counts
         pre.transform(renamed, source="new.h5ad")
 
 
+def test_projection_is_fitted_on_the_fit_cells_and_survives_a_round_trip(counts, tmp_path):
+    """n_pcs: the output is the scaled genes' top components, learnt from the fit cells only
+    (uncorrelated there, variance decreasing), and the saved folder gives the same numbers."""
+    fit = _patients(counts, ["P01", "P02", "P03"])
+    pre = CellPreprocessor(n_top_genes=80, n_pcs=12, nmads=None).fit(fit)
+    genes = CellPreprocessor(n_top_genes=80, nmads=None).fit(fit)
+    Z, G = pre.transform(fit), genes.transform(fit)
+    assert Z.shape == (fit.n_obs, 12) and pre.hvg_ == genes.hvg_
+    cov = np.cov(Z, rowvar=False)
+    assert np.abs(cov - np.diag(np.diag(cov))).max() < 1e-3 * cov.max()
+    assert (np.diff(np.diag(cov)) <= 1e-6).all()
+    # the projection is a linear map of the scaled genes, centred on the fit cells
+    np.testing.assert_allclose(Z, (G - G.mean(0)) @ pre.components_.T, atol=1e-3)
+    pre.save(tmp_path / "pcs")
+    back = CellPreprocessor.load(tmp_path / "pcs")
+    new = _patients(counts, ["P04"])
+    np.testing.assert_array_equal(back.transform(new), pre.transform(new))
+    # another set of fit cells gives other components: nothing is shared across fits
+    other = CellPreprocessor(n_top_genes=80, n_pcs=12, nmads=None).fit(
+        _patients(counts, ["P02", "P03", "P04"]))
+    assert not np.allclose(other.center_[: len(pre.center_)], pre.center_)
+
+
 def test_save_load_round_trip_is_identical(counts, tmp_path):
     pre = CellPreprocessor(n_top_genes=50, flavor="cell_ranger").fit(counts)
     pre.save(tmp_path / "model")
@@ -198,7 +221,7 @@ def test_qc_metrics_in_place(counts):
 @pytest.mark.parametrize(
     "kwargs, field",
     [({"flavor": "seurat_v9"}, "flavor"), ({"nmads": 0}, "nmads"), ({"n_top_genes": 0},
-     "n_top_genes"), ({"max_value": -1.0}, "max_value")],
+     "n_top_genes"), ({"max_value": -1.0}, "max_value"), ({"n_pcs": 1}, "n_pcs")],
 )  # fmt: skip
 def test_bad_params_raise(counts, kwargs, field):
     with pytest.raises(BioclsError, match=f"preprocess.{field}"):

@@ -105,7 +105,12 @@ def _cells_results(root: Path, *, with_state: bool = True) -> Path:
             }
         ],
         "certificate": {
-            "cell_type": {"bound": 0.3141, "test_error": 0.15, "delta": 0.05, "m": 100}
+            "model": {"path": "results/cells_exp/model", "signature": "ab12cd34ef56ab78cd90"},
+            "heldout_patients": ["P1"], "random_fraction": 0.2,
+            "delta_note": "δ = 0.05 split equally over 2 statements",
+            "heads": {"cell_type": {"bound": 0.3141, "patient_bound": 0.8771, "test_error": 0.15,
+                                    "patient_errors": {"P1": 0.15}, "delta": 0.025, "m": 100,
+                                    "n": 400, "k": 3}},
         },
         "preprocess": {"raw_counts": True, "note": "normalised & log1p", "qc_removed": 7,
                        "qc_removed_by_patient": {"P1": 5, "p1": 2, EVIL: 0, "007": 0}},
@@ -240,15 +245,18 @@ def test_cells_report(tmp_path: Path) -> None:
     results = _cells_results(tmp_path)
     paths = render_reports(results)
     index, texts = _check_pages(results, paths, len(PATIENTS))
-    for value in ("0.812", "0.789", "0.654", "0.701", "0.778", "0.314"):  # metrics and certificate
+    for value in ("0.812", "0.789", "0.654", "0.701", "0.778", "0.314", "0.877",  # + certificate
+                  "ab12cd34ef56ab78", "split equally over 2 statements"):
         assert value in index
     assert '<td class="num best">0.778</td>' in index  # joint wins cell-state macro-F1
     assert "B &amp; plasma" in index and "B & plasma" not in index
     assert "exp &lt;b&gt;bold&lt;/b&gt;" in index
-    assert "pseudo-patients" in index and "exchangeable" in index
+    # who each certificate figure is for, and that it is the shipped model's
+    assert "pseudo-patients" in index and "a new patient drawn like the held-out" in index
+    assert "results/cells_exp/model" in index and "P1)" in index
     # confusion matrices: type and state, each model next to logreg; the joint head's two;
-    # and the unseen-combination bars
-    assert index.count("data:image/png;base64,") == 7
+    # the unseen-combination bars and the certificate's bounds
+    assert index.count("data:image/png;base64,") == 8
     assert "biocls report --results" in index
     evil_page = (
         results / "reports" / "patients" / f"{page_names(PATIENTS)[EVIL]}.html"
@@ -521,11 +529,11 @@ def test_a_bundle_too_large_for_a_data_url_drops_the_patients_figures(
     results = _cells_results(tmp_path)
     render_reports(results)
     bundle = (results / "reports" / "all_pages.html").read_text()
-    assert bundle.count("data:image/png;base64,") == 7 + 2 * 3  # index, and 3 patients with cells
+    assert bundle.count("data:image/png;base64,") == 8 + 2 * 3  # index, and 3 patients with cells
     monkeypatch.setattr(render_module, "BUNDLE_LIMIT", 50_000)
     render_reports(results)
     bundle = (results / "reports" / "all_pages.html").read_text()
-    assert bundle.count("data:image/png;base64,") == 7  # the index keeps its figures
+    assert bundle.count("data:image/png;base64,") == 8  # the index keeps its figures
     assert bundle.count("left out of this single-file view") == 3
     assert "reports/patients/P1.html" in bundle
     assert "snakemake --report report.zip" in bundle  # still over the (patched) limit

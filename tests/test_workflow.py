@@ -31,9 +31,9 @@ CONFIG = {"experiments": {EXP: {
     "folds": 2,
     "seed": 0,
     "progress": False,
-    "preprocess": {"n_top_genes": 50},
+    "preprocess": {"n_top_genes": 50, "n_pcs": 10},
     "model": {"hidden": [16], "max_epochs": 3, "patience": 3},
-    "certify": {"delta": 0.05, "n_pcs": 10},
+    "certify": {"delta": 0.05},
 }}}
 
 
@@ -177,7 +177,7 @@ def test_editing_delta_reruns_only_the_certificate_and_what_reads_it(run: Path) 
     certificate's params, so the certificate and the evaluation (and the report) rerun, never
     the split or a fold."""
     edited = {"experiments": {EXP: {**CONFIG["experiments"][EXP],
-                                    "certify": {"delta": 0.1, "n_pcs": 10}}}}
+                                    "certify": {"delta": 0.1}}}}
     cfg = run / "delta.yaml"
     cfg.write_text(yaml.safe_dump(edited))
     proc = run_snakemake("--directory", str(run), "--configfile", str(cfg), "-n", "--cores", "1")

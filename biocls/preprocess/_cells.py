@@ -287,12 +287,16 @@ class CellPreprocessor:
         target_sum: float = 1e4,
         max_value: float | None = 10.0,
         flavor: str = "seurat",
+        n_pcs: int | None = None,
+        seed: int = 0,
     ) -> None:
         self.n_top_genes = n_top_genes
         self.nmads = nmads
         self.target_sum = target_sum
         self.max_value = max_value
         self.flavor = flavor
+        self.n_pcs = n_pcs
+        self.seed = seed
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -301,6 +305,8 @@ class CellPreprocessor:
             "target_sum": self.target_sum,
             "max_value": self.max_value,
             "flavor": self.flavor,
+            "n_pcs": self.n_pcs,
+            "seed": self.seed,
         }
 
     def __repr__(self) -> str:
@@ -324,6 +330,10 @@ class CellPreprocessor:
         if self.flavor not in _FLAVORS:
             raise bad("flavor", f"unsupported HVG flavor {self.flavor!r}",
                       f"use one of {list(_FLAVORS)}")  # fmt: skip
+        if self.n_pcs is not None and (not isinstance(self.n_pcs, (int, np.integer))
+                                       or self.n_pcs < 2):
+            raise bad("n_pcs", f"must be an integer >= 2 or null, got {self.n_pcs!r}",
+                      "use e.g. 50, or null for no projection")  # fmt: skip
 
     def fit(
         self,
@@ -390,12 +400,30 @@ class CellPreprocessor:
         self.std_ = std.astype(np.float32)
         self.n_cells_fit_ = int(n)
         self.n_qc_removed_ = n_removed
+        self.components_ = self.center_ = None
+        if self.n_pcs is not None:
+            self._fit_projection(adata if rows is None else adata[rows], source)
         logger.info(
             "preprocessing fitted on %d cells (%d removed by QC): %d of %d genes selected%s",
             n, n_removed, len(self.hvg_), len(self.genes_),
             "" if raw else " (input already normalised)",
         )  # fmt: skip
         return self
+
+    def _fit_projection(self, adata: ad.AnnData, source: Any) -> None:
+        """Principal components of the scaled genes of the fitting cells (no labels involved),
+        so that a model reads ``n_pcs`` features: few enough that it cannot memorise random
+        labels, which a certificate needs (see :mod:`biocls.certify`)."""
+        from sklearn.decomposition import PCA
+
+        Z = self.transform(adata, source=source)
+        k = int(min(self.n_pcs, *Z.shape))
+        pca = PCA(n_components=k, svd_solver="randomized" if k < min(Z.shape) // 2 else "full",
+                  random_state=self.seed).fit(Z)
+        self.center_ = pca.mean_.astype(np.float32)
+        self.components_ = pca.components_.astype(np.float32)
+        logger.info("projected on %d principal components (%.0f%% of the variance)", k,
+                    100 * float(pca.explained_variance_ratio_.sum()))
 
     def _select_hvg(self, Xlog: Any, genes: pd.Index) -> np.ndarray:
         if self.n_top_genes >= len(genes):
@@ -420,7 +448,8 @@ class CellPreprocessor:
     def transform(
         self, adata: ad.AnnData, *, source: str | os.PathLike[str] | None = None
     ) -> np.ndarray:
-        """Apply the fitted steps to any cells: ``[n_cells, n_hvg]`` float32, no cell dropped.
+        """Apply the fitted steps to any cells: ``[n_cells, n_hvg]`` float32 (``[n_cells,
+        n_pcs]`` with a projection), no cell dropped.
 
         Genes are matched by name to ``genes_``. Selected genes missing from ``adata`` are set to
         0 in the output (the training mean, so they carry no signal) with a warning giving the
@@ -488,6 +517,8 @@ class CellPreprocessor:
             if self.max_value is not None:
                 np.clip(block, -self.max_value, self.max_value, out=block)
             out[start:stop, present] = block
+        if getattr(self, "components_", None) is not None:
+            return ((out - self.center_) @ self.components_.T).astype(np.float32)
         return out
 
     def fit_transform(
@@ -507,7 +538,9 @@ class CellPreprocessor:
         folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(folder / _NPZ_NAME) as tmp:
             with open(tmp, "wb") as fh:
-                np.savez(fh, mean=self.mean_, std=self.std_)
+                extra = ({} if self.components_ is None else
+                         {"components": self.components_, "center": self.center_})
+                np.savez(fh, mean=self.mean_, std=self.std_, **extra)
         write_json(
             folder / _JSON_NAME,
             {
@@ -537,6 +570,8 @@ class CellPreprocessor:
             meta = json.loads(json_path.read_text(encoding="utf-8"))
             with np.load(npz_path, allow_pickle=False) as arrays:
                 mean, std = arrays["mean"], arrays["std"]
+                comp = arrays["components"] if "components" in arrays else None
+                center = arrays["center"] if "center" in arrays else None
             version = meta["format_version"]
             self = cls(**meta["params"])
             self.raw_counts_ = bool(meta["raw_counts"])
@@ -558,4 +593,5 @@ class CellPreprocessor:
             )
         self.mean_ = mean.astype(np.float32)
         self.std_ = std.astype(np.float32)
+        self.components_, self.center_ = comp, center
         return self

@@ -170,6 +170,43 @@ def grouped_bars(
         return _to_uri(fig)
 
 
+def certificate_bars(
+    heads: Sequence[str],
+    bounds: dict[str, Sequence[float | None]],
+    measured: Sequence[float | None],
+    patients: Sequence[Sequence[float]],
+) -> str:
+    """Per head: each bound as a bar, the measured error on held-out patients as a bar, and
+    each held-out patient's own error as a dot on it, so the gap to the bound is seen."""
+    series = {**bounds, "measured error, held-out patients": measured}
+    colours = [SKY, PURPLE, GREY]
+    n, k = len(heads), len(series)
+    width = 0.8 / k
+    x = np.arange(n)
+    with _style():
+        fig = Figure(figsize=(min(3.0 + 1.6 * n, 10.0), 3.4))
+        ax = fig.add_subplot()
+        for j, (name, values) in enumerate(series.items()):
+            vals = np.array([np.nan if v is None else min(float(v), 1.0) for v in values])
+            pos = x + (j - (k - 1) / 2) * width
+            bars = ax.bar(pos, np.nan_to_num(vals), width, label=name,
+                          color=colours[j % len(colours)])
+            labels = ["n/a" if v is None else (f"{v:.2f}" if v < 1 else f"≥1 ({v:.2f})")
+                      for v in values]
+            ax.bar_label(bars, labels, fontsize=7, padding=1)
+        last = x + (k - 1) / 2 * width
+        for i, errs in enumerate(patients):
+            if len(errs):
+                ax.plot(np.full(len(errs), last[i]), errs, "o", color="black", ms=3.5,
+                        label="one held-out patient" if i == 0 else None, zorder=3)
+        ax.set_xticks(x, [_short(h) for h in heads])
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("error rate")
+        ax.set_title("certified bounds vs measured error")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+        return _to_uri(fig)
+
+
 def composition(
     annotated: np.ndarray,
     predicted: np.ndarray,

@@ -27,7 +27,7 @@ from biocls.splits import FoldPlan, patient_folds, plan_fold, read_splits
 from biocls.tasks._protocol import FoldResult, Task
 
 __all__ = ["CVResult", "cross_validate", "evaluate", "fit_fold", "gather", "make_splits",
-           "run_fold", "split", "train"]
+           "final_hold_out", "run_fold", "split", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,18 @@ def train(task: Task, exp: Experiment, *, splits: Path, fold: str, out_dir: Path
     try:
         plan = plan_fold(read_splits(str(splits)), fold, task.patients(data),
                          validation_fraction=exp.validation_fraction, seed=exp.seed,
-                         source=str(splits))
+                         source=str(splits), hold_out=final_hold_out(exp, fold))
         run_fold(task, exp, data, plan, out_dir=Path(out_dir), checkpoint_dir=checkpoint_dir)
     finally:
         close = getattr(data, "close", None)
         if close is not None:
             close()
+
+
+def final_hold_out(exp: Experiment, fold: str | int) -> int | None:
+    """The fold a certified final model never sees (``certify.fold``); ``None`` otherwise."""
+    cert = getattr(exp, "certify", None)
+    return cert.fold if cert is not None and str(fold) == "final" else None
 
 
 def run_fold(task: Task, exp: Experiment, data: Any, plan: FoldPlan, *, out_dir: Path,
@@ -168,7 +174,8 @@ def evaluate(task: Task, exp: Experiment, *, splits: Path, folds_dir: Path, out_
 
 
 def read_certificate(path: Path) -> dict[str, Any]:
-    """The per-head ``{bound, test_error, delta, m}`` entries of ``biocls certify``'s output."""
+    """``biocls certify``'s output as written: per-head figures under ``heads``, the model's
+    signature, δ and its split, the held-out patients and the assumptions."""
     if not path.exists():
         raise BioclsError("certificate file not found", where=str(path),
                           fix="run `biocls certify` first, or drop --certificate")
@@ -177,7 +184,7 @@ def read_certificate(path: Path) -> dict[str, Any]:
     if not isinstance(heads, dict) or not heads:
         raise BioclsError("not a certificate written by `biocls certify` (no 'heads')",
                           where=str(path), fix="regenerate it with `biocls certify`")
-    return heads
+    return data
 
 
 def cross_validate(task: Task, exp: Experiment, data: Any, *,

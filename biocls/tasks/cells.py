@@ -40,15 +40,15 @@ from biocls.evaluate import (
 from biocls.splits import FoldPlan
 from biocls.tasks._protocol import FoldResult
 
-__all__ = ["CellModelBundle", "CellsTask", "load_cell_model"]
+__all__ = ["RATT_FILE", "CellModelBundle", "CellsTask", "fit_cells", "load_cell_model",
+           "ratt_cells"]
 
 log = logging.getLogger(__name__)
 
 #: canonical obs columns of the multi-label states named by keys.state_labels: 1.0 / 0.0 / NaN
 STATE_PREFIX = "biocls_annotated:"
-#: the model options a certificate's RATT model leaves out (multi-label states are not certified)
-PARTIAL_LOSS_KEYS = ("partial_loss", "gamma_pos", "gamma_neg", "gamma_unann", "priors",
-                     "prior_threshold", "likelihood_topk")
+#: a certified model's record of its randomly labelled training cells
+RATT_FILE = "ratt.json"
 
 
 @dataclass
@@ -63,6 +63,8 @@ class CellFit:
     info: dict[str, Any]
     #: final fits: fingerprints of the cells trained on (see :mod:`biocls._provenance`)
     seen: np.ndarray | None = None
+    #: RATT training: which fit cells had random labels, and the labels (``ratt.json``)
+    ratt: dict[str, Any] | None = None
 
 
 @dataclass
@@ -137,44 +139,13 @@ class CellsTask:
             checkpoint_dir: Path | None = None) -> CellFit:
         """Preprocessing and models on the fit patients; early stopping on the validation ones.
 
-        Cells of ``unseen_combinations`` never train. A final fit trains the factored model
-        only; a fold also trains the joint head (when there are states).
+        A certified experiment's final model is trained the RATT way (see :func:`ratt_cells`).
         """
-        from biocls.preprocess import CellPreprocessor
-
-        obs = data.obs
-        fit_m, val_m, test_m = plan.masks(self.patients(data))
-        unseen = _unseen_mask(obs, exp)
-        fit_m, val_m = fit_m & ~unseen, val_m & ~unseen
-        log.info("fold %s: %d fit cells, %d validation cells, %d test cells, %d cells of unseen "
-                 "combinations withheld from training", plan.fold, fit_m.sum(), val_m.sum(),
-                 test_m.sum(), int((unseen & ~test_m).sum()))
-        # QC already ran per patient in load(), so the preprocessor does not filter again
-        pp = exp.preprocess
-        pre = CellPreprocessor(nmads=None, n_top_genes=pp.n_top_genes, target_sum=pp.target_sum,
-                               max_value=pp.max_value)
-        pre.fit(data[fit_m])
-        X_fit, X_val = pre.transform(data[fit_m]), pre.transform(data[val_m])
-        o_fit, o_val = obs[fit_m], obs[val_m]
-        names = list(exp.keys.state_labels)
-
-        def fit_model(head: str) -> CellClassifier:
-            model = classifier(exp, head=head)
-            return model.fit(X_fit, _labels(o_fit, "cell_type", names),
-                             _labels(o_fit, "cell_state", names),
-                             X_val=X_val, cell_type_val=_labels(o_val, "cell_type", names),
-                             cell_state_val=_labels(o_val, "cell_state", names),
-                             checkpoint_dir=checkpoint_dir / head if checkpoint_dir else None)
-
-        factored = fit_model("factored")
-        joint = fit_model("joint") if not plan.final and _has_state(obs) else None
-        info = {"preprocess": _preprocess_summary(pre, data),
-                "history": factored.history_.as_dict(), "path": _path_choice(factored, plan)}
-        seen = None
-        if plan.final:  # every cell whose labels shaped the model: fitting and early stopping
-            used = data[fit_m | val_m]
-            seen = cell_fingerprints(used.X, used.var_names, pre.hvg_)
-        return CellFit(pre, factored, joint, X_fit, o_fit, info, seen)
+        randomise = None
+        if plan.final and exp.certify is not None:
+            fit_m = plan.masks(self.patients(data))[0] & ~_unseen_mask(data.obs, exp)
+            randomise = ratt_cells(fit_m, exp.certify.random_fraction, exp.seed)
+        return fit_cells(exp, data, plan, randomise=randomise, checkpoint_dir=checkpoint_dir)
 
     def predict(self, exp: CellExperiment, fitted: CellFit, data: ad.AnnData,
                 plan: FoldPlan) -> FoldResult:
@@ -215,6 +186,8 @@ class CellsTask:
         """The final model folder: weights + vocabularies, the fitted preprocessing, its info."""
         _write_model(exp, fitted.factored, fitted.preprocessor, {**plan.as_dict(), **fitted.info},
                      directory, seen=fitted.seen)
+        if fitted.ratt is not None:
+            write_json(directory / RATT_FILE, fitted.ratt)
 
     # -- metrics ---------------------------------------------------------------------------
     def metrics(self, exp: CellExperiment, tables: dict[str, pd.DataFrame],
@@ -316,12 +289,115 @@ class CellsTask:
             adata.write_h5ad(tmp)
 
 
-def classifier(exp: CellExperiment, *, head: str = "factored",
-               drop: tuple[str, ...] = ()) -> CellClassifier:
+def fit_cells(exp: CellExperiment, data: ad.AnnData, plan: FoldPlan, *,
+              randomise: np.ndarray | None = None,
+              checkpoint_dir: Path | None = None) -> CellFit:
+    """Fit one fold's preprocessing and models; ``randomise`` marks fit cells whose labels are
+    replaced by uniformly random ones (RATT training; their expression still shapes the
+    preprocessing, as the theorem needs S and S~ treated alike).
+
+    Cells of ``unseen_combinations`` never train. A final fit trains the factored model only; a
+    fold also trains the joint head (when there are states).
+    """
+    from biocls.preprocess import CellPreprocessor
+
+    obs = data.obs
+    fit_m, val_m, test_m = plan.masks(obs["biocls_patient"].to_numpy())
+    unseen = _unseen_mask(obs, exp)
+    fit_m, val_m = fit_m & ~unseen, val_m & ~unseen
+    log.info("fold %s: %d fit cells, %d validation cells, %d test cells, %d cells of unseen "
+             "combinations withheld from training", plan.fold, fit_m.sum(), val_m.sum(),
+             test_m.sum(), int((unseen & ~test_m).sum()))
+    # QC already ran per patient in load(), so the preprocessor does not filter again
+    pp = exp.preprocess
+    pre = CellPreprocessor(nmads=None, n_top_genes=pp.n_top_genes, target_sum=pp.target_sum,
+                           max_value=pp.max_value, n_pcs=pp.n_pcs, seed=exp.seed)
+    pre.fit(data[fit_m])
+    X_fit, X_val = pre.transform(data[fit_m]), pre.transform(data[val_m])
+    o_fit, o_val = obs[fit_m], obs[val_m]
+    names = list(exp.keys.state_labels)
+    y_type, y_state = _labels(o_fit, "cell_type", names), _labels(o_fit, "cell_state", names)
+    ratt = None
+    if randomise is not None:
+        if (randomise & ~fit_m).any():
+            raise ValueError("randomise marks cells outside the fit patients")
+        y_type, y_state, ratt = _random_labels(o_fit, randomise[fit_m], y_type, y_state, exp)
+
+    def fit_model(head: str) -> CellClassifier:
+        model = classifier(exp, head=head)
+        return model.fit(X_fit, y_type, y_state,
+                         X_val=X_val, cell_type_val=_labels(o_val, "cell_type", names),
+                         cell_state_val=_labels(o_val, "cell_state", names),
+                         checkpoint_dir=checkpoint_dir / head if checkpoint_dir else None)
+
+    factored = fit_model("factored")
+    joint = fit_model("joint") if not plan.final and _has_state(obs) else None
+    info = {"preprocess": _preprocess_summary(pre, data),
+            "history": factored.history_.as_dict(), "path": _path_choice(factored, plan)}
+    if ratt is not None:
+        info["ratt"] = {k: ratt[k] for k in ("random_fraction", "m", "n")}
+    seen = None
+    if plan.final:  # every cell whose labels shaped the model: fitting and early stopping
+        used = data[fit_m | val_m]
+        seen = cell_fingerprints(used.X, used.var_names, pre.hvg_)
+    return CellFit(pre, factored, joint, X_fit, o_fit, info, seen, ratt)
+
+
+def ratt_cells(fit_mask: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The cells RATT trains with random labels: a uniform ``fraction`` of the fit cells, so
+    that the clean set S and the random-label set S~ are exchangeable draws of the same
+    patients' cells."""
+    idx = np.flatnonzero(fit_mask)
+    m = int(round(fraction * len(idx)))
+    if m < 1 or m >= len(idx):
+        raise BioclsError(f"certify.random_fraction {fraction} leaves {m} of {len(idx)} fit "
+                          "cells with random labels", where="certify.random_fraction",
+                          fix="use a fraction that gives at least one cell on each side")
+    out = np.zeros(len(fit_mask), dtype=bool)
+    out[np.random.default_rng([seed, 7_771]).choice(idx, size=m, replace=False)] = True
+    return out
+
+
+def _random_labels(o_fit: pd.DataFrame, rand: np.ndarray, y_type: Any, y_state: Any,
+                   exp: CellExperiment) -> tuple[Any, Any, dict[str, Any]]:
+    """Replace the labels of the ``rand`` cells by uniform draws over each head's classes (the
+    classes of the clean cells). Multi-label states are not certified: those cells' state labels
+    become unknown."""
+    if not o_fit.index.is_unique:
+        raise BioclsError("obs_names are not unique, so the randomly labelled cells cannot be "
+                          "recorded", where=f"experiments.{exp.name}.input",
+                          fix="run adata.obs_names_make_unique() and write the file again")
+    rng = np.random.default_rng([exp.seed, 7_772])
+    record: dict[str, Any] = {"random_fraction": exp.certify.random_fraction if exp.certify
+                              else None, "m": int(rand.sum()), "n": int((~rand).sum()),
+                              "cells": o_fit.index[rand].astype(str).tolist(),
+                              "classes": {}, "labels": {}}
+    heads = {C.CELL_TYPE: y_type}
+    if y_state is not None and not isinstance(y_state, pd.DataFrame):
+        heads[C.CELL_STATE] = y_state
+    elif isinstance(y_state, pd.DataFrame):
+        y_state = y_state.copy()
+        y_state.iloc[np.flatnonzero(rand)] = np.nan
+    out = {}
+    for head, y in heads.items():
+        y = np.asarray(y, dtype=object).copy()
+        classes = sorted({str(v) for v in y[~rand][known_mask(y[~rand])]})
+        if len(classes) < 2:
+            out[head] = y
+            continue
+        draw = np.asarray(classes, dtype=object)[rng.integers(0, len(classes), int(rand.sum()))]
+        y[rand] = draw
+        out[head] = y
+        record["classes"][head] = classes
+        record["labels"][head] = draw.astype(str).tolist()
+    return out[C.CELL_TYPE], out.get(C.CELL_STATE, y_state), record
+
+
+def classifier(exp: CellExperiment, *, head: str = "factored") -> CellClassifier:
     """The estimator an experiment's ``model:`` block describes (one place for all callers)."""
-    params = {k: v for k, v in to_dict(exp.model).items() if k not in drop}
+    params = dict(to_dict(exp.model))
     params["hidden"] = tuple(params["hidden"])
-    if exp.keys.state_labels and "partial_loss" not in drop:
+    if exp.keys.state_labels:
         params["state_mode"] = "multilabel"
     return CellClassifier(head=head, seed=exp.seed, progress=exp.progress, **params)
 
@@ -442,8 +518,12 @@ def _preprocess_summary(pre: Any, adata: ad.AnnData) -> dict[str, Any]:
             " highly variable genes and scaling fitted on training patients")
     qc = adata.uns.get("biocls_qc", {})
     removed = {str(k): int(v) for k, v in sorted((qc.get("n_removed") or {}).items())}
+    if pre.components_ is not None:
+        note += f"; then {len(pre.components_)} principal components of the scaled genes, " \
+                "fitted on the same cells"
     return {"raw_counts": bool(pre.raw_counts_), "n_genes_in": len(pre.genes_),
             "n_hvg": len(pre.hvg_), "note": note,
+            "n_pcs": None if pre.components_ is None else len(pre.components_),
             "qc_removed": int(sum(qc.get("n_removed", {}).values())) if qc else 0,
             # per patient, where QC ran (raw counts); the report's patient pages show it
             "qc_removed_by_patient": removed}

@@ -84,7 +84,7 @@ rule train_cells_final:
     output:
         directory("results/{exp}/model"),
     params:
-        spec=step_spec("train"),
+        spec=step_spec("final"),
         ckpt="results/{exp}/checkpoints/final",
     log:
         "logs/{exp}/train_final.log",
