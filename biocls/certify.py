@@ -184,16 +184,10 @@ def certify(exp: CellExperiment, *, model: Path, out: Path) -> dict[str, Any]:
                  entry["bound"], entry["patient_bound"], entry["n_test_patients"],
                  entry["test_error"], entry["clean_error"], entry["random_error"],
                  entry["random_correct_error"], entry["k"], entry["m"], entry["n"])
-    vacuous = [h for h, e in result.items() if e["bound"] >= 1]
-    if vacuous:
-        k_chance = {h: (result[h]["k"] - 1) / result[h]["k"] for h in vacuous}
-        log.warning(
-            "certify: the per-cell bound is 1 or more for %s: the model fitted the random labels "
-            "(E_S~ %s, chance %s), so it certifies nothing. Give it fewer features "
-            "(preprocess.n_pcs, e.g. 50) or more randomly labelled cells "
-            "(certify.random_fraction)", ", ".join(vacuous),
-            ", ".join(f"{result[h]['random_error']:.2f}" for h in vacuous),
-            ", ".join(f"{v:.2f}" for v in k_chance.values()))
+    for h, e in result.items():
+        if e["bound"] >= 1:
+            log.warning("certify %s: the per-cell bound is %.2f, so it certifies nothing: %s", h,
+                        e["bound"], _why_vacuous(e))
     skipped = (["cell_state (multi-label states are not certified)"]
                if exp.keys.state_labels else [])
     cert = {
@@ -253,7 +247,8 @@ def certify_unlabelled(exp: CellExperiment, *, splits: Path, unlabelled: Path, o
     """Certify the experiment's recipe on an unlabelled cohort, the A/B way (module docstring).
 
     Each half is trained on as RATT's S~ beside every labelled fitting patient (S), with the
-    experiment's validation patients for early stopping; its model predicts the other half.
+    experiment's validation patients for early stopping; its model predicts the other half. The
+    cohort's cells are taken as they are (no QC filtering): every cell gets a call.
     ``predictions`` (an ``.h5ad``) receives the cohort with ``obs["biocls_<head>"]``,
     ``obs["biocls_ratt_half"]`` (the half the cell was randomly labelled in) and
     ``obs["biocls_certified_by"]`` (the model that predicted it: the other half's).
@@ -267,6 +262,9 @@ def certify_unlabelled(exp: CellExperiment, *, splits: Path, unlabelled: Path, o
     from biocls.tasks.cells import CellsTask, _unseen_mask, fit_cells
 
     unlabelled = Path(unlabelled)
+    if not unlabelled.is_file():
+        raise BioclsError("file not found", where=str(unlabelled),
+                          fix="pass the unlabelled cohort's .h5ad to --unlabelled")
     try:
         new = ad.read_h5ad(unlabelled)
     except Exception as e:
@@ -343,6 +341,10 @@ def certify_unlabelled(exp: CellExperiment, *, splits: Path, unlabelled: Path, o
             combined[h] = {"bound": (b["n_cells"] * a["heads"][h]["bound"]
                                      + a["n_cells"] * b["heads"][h]["bound"]) / new.n_obs,
                            "delta": d_each}
+    for h, c in combined.items():
+        log.info("certify %s on %s: per-cell bound %.3f (half A's model %.3f, half B's %.3f), "
+                 "each cell predicted by the model of the other half", h, unlabelled, c["bound"],
+                 halves["A"]["heads"][h]["bound"], halves["B"]["heads"][h]["bound"])
     cert = {"method": METHOD + ", A/B halves of an unlabelled cohort", "experiment": exp.name,
             "unlabelled": str(unlabelled), "n_cells": int(new.n_obs),
             "delta": delta, "delta_each": d_each,
@@ -362,6 +364,18 @@ def certify_unlabelled(exp: CellExperiment, *, splits: Path, unlabelled: Path, o
         with atomic_path(Path(predictions)) as tmp:
             new.write_h5ad(tmp)
     return cert
+
+
+def _why_vacuous(e: dict[str, Any]) -> str:
+    """What to change when a bound is 1 or more: the model learnt the random labels, or m is
+    too small for k classes."""
+    chance = (e["k"] - 1) / e["k"]
+    if e["random_error"] < chance - 0.05:
+        return (f"the model learnt the random labels (E_S~ {e['random_error']:.2f}, chance "
+                f"{chance:.2f}); give it fewer features (preprocess.n_pcs, e.g. 100)")
+    return (f"the confidence term alone is {e['confidence_term']:.2f} with m = {e['m']} randomly "
+            f"labelled cells for k = {e['k']} classes; more cells (or a larger "
+            "certify.random_fraction) tighten it")
 
 
 def _rate(wrong: np.ndarray) -> float:
