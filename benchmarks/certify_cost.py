@@ -4,16 +4,16 @@ For each cohort, patient-grouped cross-validation of the factored model three wa
 folds and seeds:
 
 - ``genes``: the cohort's recipe as it is (all labels, scaled genes);
-- ``pcs``: the same on ``--n-pcs`` principal components (``preprocess.n_pcs``), all labels;
-- ``pcs+random``: the certified recipe: principal components, and ``--random-fraction`` of each
-  fold's fit cells trained with uniformly random labels (what ``certify:`` does to the shipped
-  model).
+- ``recipe``: the recipe a certified experiment uses, all labels: the cohort's options with
+  ``--preprocess`` and ``--model`` (JSON) merged over them (default: ``preprocess.n_pcs`` 100);
+- ``recipe+random``: the same with ``--random-fraction`` of each fold's fit cells trained with
+  uniformly random labels (what ``certify:`` does to the shipped model).
 
-The cost of the random mix is ``pcs+random − pcs`` (paired by fold); the cost of certifying at
-all is ``pcs+random − genes``. Then the certified final model is trained as the workflow trains
-it (fold 0 held out) and certified by ``biocls.certify.certify``, with and without the
-projection: per head the per-cell bound, the per-patient bound and the error measured on the
-held-out patients.
+The cost of the random mix is ``recipe+random − recipe`` (paired by fold); the cost of
+certifying at all is ``recipe+random − genes``. Then the certified final model is trained as the
+workflow trains it (fold 0 held out) and certified by ``biocls.certify.certify``, with the recipe
+and with the cohort's own options: per head the per-cell bound, the per-patient bound and the
+error measured on the held-out patients.
 
 Cohorts: ``demo`` (``configs/default.yaml``'s ``demo_cells``, simulated here) and any cohort of
 ``benchmarks/cells_suite.py`` (its cross-validation donors only). Tuning vs evaluation follows
@@ -115,18 +115,19 @@ def run(name: str, exp: CellExperiment, args: argparse.Namespace, work: Path) ->
     t0 = time.perf_counter()
     cert = Certify(delta=args.delta, fold=0, random_fraction=args.random_fraction)
     exp = dataclasses.replace(exp, certify=cert)
-    pcs = dataclasses.replace(exp, preprocess=dataclasses.replace(exp.preprocess,
-                                                                  n_pcs=args.n_pcs))
+    recipe = dataclasses.replace(
+        exp, preprocess=dataclasses.replace(exp.preprocess, **args.preprocess),
+        model=dataclasses.replace(exp.model, **args.model))
     data = CellsTask().load(exp)
     splits = make_splits(CellsTask(), exp, data)
     out: dict[str, Any] = {"n_cells": int(data.n_obs), "n_patients": int(splits.shape[0]),
                            "folds": int(exp.folds), "cv": {}, "certificate": {}}
-    for label, e, frac in (("genes", exp, None), ("pcs", pcs, None),
-                           ("pcs+random", pcs, args.random_fraction)):
+    for label, e, frac in (("genes", exp, None), ("recipe", recipe, None),
+                           ("recipe+random", recipe, args.random_fraction)):
         out["cv"][label] = cross_validate(e, data, splits, frac)
         print(f"  {name} {label}: " + ", ".join(
             f"{h} {np.mean(v):.3f}" for h, v in out["cv"][label].items()), flush=True)
-    for label, e in (("pcs", pcs), ("genes", exp)):
+    for label, e in (("recipe", recipe), ("genes", exp)):
         out["certificate"][label] = certified(e, data, splits, work)
     out["seconds"] = time.perf_counter() - t0
     return out
@@ -140,10 +141,12 @@ def report(name: str, r: dict[str, Any], args: argparse.Namespace) -> None:
     cv = r["cv"]
     print(f"\n## {name}: {r['n_patients']} patients, {r['n_cells']} cells, {r['folds']} folds "
           f"({r['seconds']:.0f} s)")
-    print("| head | genes | pcs | pcs+random | random-mix cost | certifying cost |")
+    print(f"recipe: preprocess {json.dumps(args.preprocess)}, model {json.dumps(args.model)}, "
+          f"random fraction {args.random_fraction}")
+    print("| head | genes | recipe | recipe+random | random-mix cost | certifying cost |")
     print("|---|---|---|---|---|---|")
     for h in cv["genes"]:
-        g, p, pr = (np.asarray(cv[k][h]) for k in ("genes", "pcs", "pcs+random"))
+        g, p, pr = (np.asarray(cv[k][h]) for k in ("genes", "recipe", "recipe+random"))
         print(f"| {h} macro-F1 | {_ms(g)} | {_ms(p)} | {_ms(pr)} | {_ms(pr - p)} | "
               f"{_ms(pr - g)} |")
     print("\n| model | head | per-cell bound | per-patient bound | measured error (held-out "
@@ -161,7 +164,11 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cohorts", nargs="+", default=["demo", "tune_splatter"],
                     help="demo and/or cells_suite cohort names")
-    ap.add_argument("--n-pcs", type=int, default=50)
+    ap.add_argument("--preprocess", type=json.loads, default={"n_pcs": 100},
+                    help='the certified recipe\'s preprocess options, JSON (default: '
+                         '\'{"n_pcs": 100}\')')
+    ap.add_argument("--model", type=json.loads, default={},
+                    help="the certified recipe's model options, JSON (default: none)")
     ap.add_argument("--random-fraction", type=float, default=0.2)
     ap.add_argument("--delta", type=float, default=0.05)
     ap.add_argument("--json", help="also write the results here")
