@@ -60,6 +60,14 @@ def headlines(metrics: Mapping[str, Any]) -> list[Headline]:
                            for b in ("logreg", "joint") if head in (base.get(b) or {}))
             rows.append(Headline(exp, f"{name} macro-F1",
                                  f"factored {_num(metrics[head].get('macro_f1'))}", others))
+        cert = (metrics.get("certificate") or {}).get("heads") or {}
+        for head, name in HEADS.items():
+            c = cert.get(head)
+            if isinstance(c, Mapping):  # the shipped model's certificate (biocls certify)
+                rows.append(Headline(
+                    exp, f"{name} error, certified", f"bound {_num(c.get('bound'))} per cell",
+                    (f"{_num(c.get('patient_bound'))} per patient",
+                     f"measured {_num(c.get('test_error'))} on held-out patients")))
         return rows
     if task == "repertoires":
         auc = metrics.get("roc_auc") or {}

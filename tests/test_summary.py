@@ -60,6 +60,17 @@ def test_missing_pieces_do_not_break_the_table() -> None:
     assert [r.figure for r in headlines(only_type)] == ["cell type macro-F1"]
 
 
+def test_a_certified_experiment_adds_its_bounds_and_measured_error() -> None:
+    m = {**copy.deepcopy(CELLS), "certificate": {"heads": {"cell_type": {
+        "bound": 0.685, "patient_bound": 0.899, "test_error": 0.171}}}}
+    rows = headlines(m)
+    assert [r.figure for r in rows] == ["cell type macro-F1", "cell state macro-F1",
+                                        "cell type error, certified"]
+    assert rows[2].model == "bound 0.685 per cell"
+    assert rows[2].baselines == ("0.899 per patient", "measured 0.171 on held-out patients")
+    assert len(headlines(CELLS)) == 2  # none without a certificate
+
+
 def test_table_from_a_results_folder(tmp_path: Path) -> None:
     results = tmp_path / "results"
     _write(results, CELLS)
