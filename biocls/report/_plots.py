@@ -14,6 +14,7 @@ import base64
 import contextlib
 import io
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import matplotlib as mpl
 import numpy as np
@@ -127,6 +128,15 @@ def confusion_matrix(counts: np.ndarray, labels: Sequence[str], *, title: str) -
         return _to_uri(fig)
 
 
+def _labelled_bars(ax: Any, positions: np.ndarray, values: Sequence[float | None], width: float,
+                   name: str, colour: str, labels: Sequence[str]) -> None:
+    """One series of bars with its values printed on them, so that a zero bar still reads "0"
+    and a missing one "n/a"."""
+    vals = np.array([np.nan if v is None else float(v) for v in values])
+    bars = ax.bar(positions, np.nan_to_num(vals), width, label=name, color=colour)
+    ax.bar_label(bars, list(labels), fontsize=7, padding=1)
+
+
 def grouped_bars(
     groups: Sequence[str],
     series: dict[str, Sequence[float]],
@@ -142,20 +152,12 @@ def grouped_bars(
     with _style():
         fig = Figure(figsize=(min(2.0 + 1.1 * n_groups, 12.0), 3.4))
         ax = fig.add_subplot()
+        fmt = "{:.2f}" if ylim is not None else "{:.0f}"
         for k, (name, values) in enumerate(series.items()):
-            vals = np.array([np.nan if v is None else float(v) for v in values])
-            bars = ax.bar(
-                x + (k - (n_series - 1) / 2) * width,
-                np.nan_to_num(vals),
-                width,
-                label=name,
-                color=MODEL_COLOURS.get(name, GREY),
-            )
-            # Values printed on the bars, so that a zero bar is still visibly "0", not missing.
-            fmt = "{:.2f}" if ylim is not None else "{:.0f}"
-            ax.bar_label(
-                bars, ["n/a" if np.isnan(v) else fmt.format(v) for v in vals], fontsize=7, padding=1
-            )
+            _labelled_bars(ax, x + (k - (n_series - 1) / 2) * width, values, width, name,
+                           MODEL_COLOURS.get(name, GREY),
+                           ["n/a" if v is None or np.isnan(v) else fmt.format(v)
+                            for v in values])
         ax.set_xticks(
             x,
             [_short(g) for g in groups],
@@ -187,13 +189,11 @@ def certificate_bars(
         fig = Figure(figsize=(min(3.0 + 1.6 * n, 10.0), 3.4))
         ax = fig.add_subplot()
         for j, (name, values) in enumerate(series.items()):
-            vals = np.array([np.nan if v is None else min(float(v), 1.0) for v in values])
-            pos = x + (j - (k - 1) / 2) * width
-            bars = ax.bar(pos, np.nan_to_num(vals), width, label=name,
-                          color=colours[j % len(colours)])
-            labels = ["n/a" if v is None else (f"{v:.2f}" if v < 1 else f"≥1 ({v:.2f})")
-                      for v in values]
-            ax.bar_label(bars, labels, fontsize=7, padding=1)
+            _labelled_bars(ax, x + (j - (k - 1) / 2) * width,
+                           [None if v is None else min(float(v), 1.0) for v in values], width,
+                           name, colours[j % len(colours)],
+                           ["n/a" if v is None else (f"{v:.2f}" if v < 1 else f"≥1 ({v:.2f})")
+                            for v in values])
         last = x + (k - 1) / 2 * width
         for i, errs in enumerate(patients):
             if len(errs):
