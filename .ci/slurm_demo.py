@@ -42,6 +42,7 @@ VICTIM = "rule_train_cells_wildcards_demo_cells_0"  # the job that is scancel-ed
 # path: ensemble (the default) checkpoints its deep net under factored/deep/
 VICTIM_CHECKPOINT = "results/demo_cells/checkpoints/0/factored/deep/checkpoint.pt"
 VICTIM_FOLD_INFO = "results/demo_cells/folds/0/fold_info.json"
+GPU_TARGET = "results/demo_cells/model"  # the training job rerun with the GPU switch on
 _DEMO_MODEL = yaml.safe_load((REPO / "configs/default.yaml").read_text())["experiments"][
     "demo_cells"]["model"]
 MAX_EPOCHS, PATIENCE = int(_DEMO_MODEL["max_epochs"]), int(_DEMO_MODEL["patience"])
@@ -222,8 +223,9 @@ def check_gpu_switch(work: Path, slurm: Path) -> None:
     if n != 1:
         raise Failed("the profile has no single `<<: &gpu {gpu: 0}` line to switch GPUs on")
     (profile / "config.yaml").write_text(text)
-    proc = snakemake(slurm, "--profile", str(profile), *STATUS_ARGS, "--forcerun",
-                     "train_cells_final", "--until", "train_cells_final", log=work / "gpu.log")
+    # one experiment's final model: the demo has two cell experiments
+    proc = snakemake(slurm, GPU_TARGET, "--profile", str(profile), *STATUS_ARGS, "--forcerun",
+                     "train_cells_final", log=work / "gpu.log")
     _, jobs = submitted_jobs(finish(proc, work / "gpu.log", "GPU-switch run"))
     if len(jobs) != 1:
         raise Failed(f"the GPU-switch run submitted {len(jobs)} jobs, want 1 (train_cells_final)")

@@ -3,6 +3,7 @@
     python benchmarks/repertoire_throughput.py               # default model, 2 threads
     python benchmarks/repertoire_throughput.py --threads 1 --pooling patterns
     python benchmarks/repertoire_throughput.py --device cuda --threads 16
+    python benchmarks/repertoire_throughput.py --deeprc ~/src/DeepRC   # + DeepRC, same run
 
 Training: updates of 4 repertoires × 10^4 sequences, every sequence scored without gradients and
 the top 10 % back-propagated (the default; DeepRC's setting), counted as sequences per second of
@@ -10,12 +11,24 @@ update. Inference: every sequence of one repertoire (10^4, then 10^6), from pack
 probability. The 10^6 case also runs ``biocls predict``'s code path (TSV → store → model) in a
 child process and reports that process's peak RSS. Random CDR3-like sequences (lengths 10-18);
 speed does not depend on content. Not a test: it prints figures.
+
+``--deeprc PATH`` also times the DeepRC reference model (Widrich et al. 2020) in the same process,
+on the same bags, threads and device, right after each biocls measurement, and prints biocls/DeepRC
+ratios and the load average. PATH is a checkout of DeepRC's public source supplied by the user;
+only ``deeprc.architectures`` is imported from it (needs numpy and torch only; nothing of DeepRC
+is part of biocls). DeepRC is built with its default sub-networks (CNN kernel 9 × 32 kernels,
+attention 2 × 32 units, linear output) in fp32, counts ignored, top 10 % kept. Training: one update
+is ``reduce_and_stack_minibatch`` on 4 bags + ``forward`` + BCE-with-logits + backward + Adam step
+(as ``deeprc.training.train``), counted as biocls's. Inference, two figures: every sequence in one
+pass (no reduction; like biocls's predict) and DeepRC's own evaluation path
+(``deeprc.training.evaluate``: score all, forward the top 10 %).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -40,6 +53,104 @@ def random_bag(n: int, rng: np.random.Generator):
     return pack_bag(codes, offs, rng.zipf(2.0, n).astype(np.float32)), codes, offs
 
 
+class DeepRCBench:
+    """DeepRC (imported from a user-supplied checkout) timed as biocls is, on the same bags."""
+
+    def __init__(self, path: str, dev: torch.device) -> None:
+        root = Path(path).expanduser().resolve()
+        if not (root / "deeprc" / "architectures.py").is_file():
+            raise SystemExit(f"--deeprc: no deeprc/architectures.py under {root}")
+        sys.path.insert(0, str(root))
+        import deeprc
+        from deeprc.architectures import (
+            AttentionNetwork,
+            DeepRC,
+            OutputNetwork,
+            SequenceEmbeddingCNN,
+        )
+
+        self.where = f"{root} (deeprc {getattr(deeprc, '__version__', '?')})"
+        self.dev = dev
+        torch.manual_seed(0)
+        # DeepRC's position features use ``np.int``, removed in numpy 1.24: alias it while the
+        # model is built (a numpy shim; DeepRC's code is used unchanged).
+        shim = "int" not in np.__dict__
+        if shim:
+            np.int = int
+        try:
+            self.model = DeepRC(
+                max_seq_len=30, n_input_features=20,  # 30 as in DeepRC's examples
+                sequence_embedding_network=SequenceEmbeddingCNN(
+                    n_input_features=20 + 3, kernel_size=9, n_kernels=32, n_layers=1),
+                attention_network=AttentionNetwork(n_input_features=32, n_layers=2, n_units=32),
+                output_network=OutputNetwork(n_input_features=32, n_output_features=1,
+                                             n_layers=0, n_units=32),
+                sequence_embedding_as_16_bit=False, consider_seq_counts=False,
+                add_positional_information=True, sequence_reduction_fraction=0.1,
+                reduction_mb_size=int(5e4), device=dev).to(dev)
+        finally:
+            if shim:
+                del np.int
+        self.n_params = sum(p.numel() for p in self.model.parameters())
+
+    @staticmethod
+    def convert(bag) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A biocls PackedBag → DeepRC's reader format, in the repertoire's original row order:
+        int8 residue indices 0-19 padded with -1, int64 lengths, log(max(count, 1)) float32."""
+        inv = torch.argsort(bag.order)
+        seqs = (bag.codes[inv].to(torch.int16) - 1).to(torch.int8)  # biocls pads with code 0
+        return seqs, bag.lengths[inv].clone(), torch.log(bag.counts[inv].clamp(min=1.0))
+
+    def _sync(self) -> None:
+        if self.dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def train(self, bags: list, updates: int) -> float:
+        """Sequences/s of training updates (4 bags each), 2 warm-up updates, as for biocls."""
+        m = self.model
+        m.sequence_reduction_fraction = 0.1
+        opt = torch.optim.Adam(m.parameters(), lr=1e-4, eps=1e-4)  # as deeprc.training.train
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        targets = [torch.tensor([v]) for v in (0.0, 1.0, 0.0, 1.0)]
+        for i in range(updates + 2):
+            if i == 2:
+                self._sync()
+                t = time.perf_counter()
+            seqs, lens, cnts = zip(*[bags[(4 * i + j) % len(bags)] for j in range(4)],
+                                   strict=True)
+            with torch.no_grad():
+                y, x, ln, n = m.reduce_and_stack_minibatch(targets, list(seqs), list(lens),
+                                                           list(cnts))
+            opt.zero_grad()
+            logits = m(inputs_flat=x, sequence_lengths_flat=ln, n_sequences_per_bag=n)
+            loss_fn(logits, y).backward()
+            opt.step()
+        self._sync()
+        return updates * 4 * 10_000 / (time.perf_counter() - t)
+
+    def infer(self, bags: list, fraction: float) -> float:
+        """Sequences/s predicting each bag alone (batch size 1, as DeepRC's evaluation loaders),
+        after one warm-up bag. ``fraction`` > 1 takes DeepRC's no-reduction branch: every sequence
+        through the model once; 0.1 is DeepRC's evaluation (score all, forward the top 10 %)."""
+        m = self.model
+        m.sequence_reduction_fraction = fraction
+        target = [torch.tensor([0.0])]
+
+        def one(bag) -> None:
+            with torch.no_grad():
+                _, x, ln, n = m.reduce_and_stack_minibatch(target, [bag[0]], [bag[1]], [bag[2]])
+                torch.sigmoid(m(inputs_flat=x, sequence_lengths_flat=ln, n_sequences_per_bag=n))
+
+        one(bags[0])
+        self._sync()
+        t = time.perf_counter()
+        for b in bags:
+            one(b)
+        self._sync()
+        m.sequence_reduction_fraction = 0.1
+        return sum(len(b[1]) for b in bags) / (time.perf_counter() - t)
+
+
 def child_predict(model_dir: str, folder: str, out: str) -> None:
     from biocls.tasks import task_of_model
 
@@ -56,6 +167,8 @@ def main() -> int:
     ap.add_argument("--updates", type=int, default=10)
     ap.add_argument("--device", default="cpu", help="cpu or cuda (training and inference)")
     ap.add_argument("--big", type=int, default=1_000_000)
+    ap.add_argument("--deeprc", metavar="PATH",
+                    help="checkout of DeepRC's source: also time DeepRC in this run, same bags")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -63,12 +176,15 @@ def main() -> int:
         child_predict(*args.child)
         return 0
     print("# command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    load_start = os.getloadavg()
     rng = np.random.default_rng(0)
     dev = torch.device(args.device)
     clf = RepertoireClassifier(pooling=args.pooling, device=args.device)
     net = clf._build().to(dev)
     clf.net_ = net
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    # built after biocls's net, so that biocls's initialisation is as without --deeprc
+    peer = DeepRCBench(args.deeprc, dev) if args.deeprc else None
     bags = [random_bag(10_000, rng)[0] for _ in range(8)]
     y = torch.tensor([0.0, 1.0, 0.0, 1.0])
     pw = torch.tensor(1.0, device=dev)
@@ -85,15 +201,25 @@ def main() -> int:
     if dev.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
+    ours_train = args.updates * 4 * 10_000 / dt
     rows.append({"what": "train (4 × 10^4 per update, top 10 % backprop)",
-                 "seq_per_s": f"{args.updates * 4 * 10_000 / dt:,.0f}", "peak_rss_mib": ""})
+                 "seq_per_s": f"{ours_train:,.0f}", "peak_rss_mib": ""})
+    if peer:
+        peer_bags = [peer.convert(b) for b in bags]
+        peer_train = peer.train(peer_bags, args.updates)
     net.eval()
     clf.predict_proba(bags[:1])
     t = time.perf_counter()
     clf.predict_proba(bags)
     dt = time.perf_counter() - t
+    ours_infer = len(bags) * 10_000 / dt
     rows.append({"what": "inference, 10^4-sequence repertoires",
-                 "seq_per_s": f"{len(bags) * 10_000 / dt:,.0f}", "peak_rss_mib": ""})
+                 "seq_per_s": f"{ours_infer:,.0f}", "peak_rss_mib": ""})
+    if peer:
+        peer_infer = peer.infer(peer_bags, fraction=2.0)
+        peer_eval = peer.infer(peer_bags, fraction=0.1)
+        load_end = os.getloadavg()
+        del peer_bags
     del bags
     big, codes, offs = random_bag(args.big, rng)
     t = time.perf_counter()
@@ -122,6 +248,21 @@ def main() -> int:
     print(f"# torch {torch.__version__}, {args.threads} thread(s), pooling={args.pooling}, "
           f"device={args.device} (predict child: cpu)")
     print(pd.DataFrame(rows).to_string(index=False))
+    if peer:
+        ours = sum(p.numel() for p in net.parameters())
+        print(f"\n# DeepRC from {peer.where}: same process, bags, device ({args.device}), fp32, "
+              f"torch threads {torch.get_num_threads()}; timed right after each biocls figure")
+        print(f"# parameters: biocls {ours:,}, DeepRC {peer.n_params:,}")
+        print("# load average (1, 5, 15 min): start "
+              + ", ".join(f"{v:.2f}" for v in load_start) + "; end "
+              + ", ".join(f"{v:.2f}" for v in load_end) + f"; {os.cpu_count()} CPUs")
+        cmp = [("train (4 × 10^4 per update, top 10 % backprop)", ours_train, peer_train),
+               ("inference, 10^4-sequence repertoires, every sequence", ours_infer, peer_infer),
+               ("inference, DeepRC's evaluate (score all, top 10 % forward)", ours_infer,
+                peer_eval)]
+        print(pd.DataFrame([{"what": w, "biocls_seq_per_s": f"{a:,.0f}",
+                             "deeprc_seq_per_s": f"{b:,.0f}", "biocls/deeprc": f"{a / b:.2f}"}
+                            for w, a, b in cmp]).to_string(index=False))
     return 0
 
 

@@ -132,7 +132,7 @@ class CDR3Encoder(nn.Module):
         f = self.n_filters
         with torch.no_grad():
             out = F.embedding_bag(idx.reshape(-1, g), table, mode="sum")
-            best = out.view(n, length, f).argmax(dim=1)  # [n, F]
+            best = out.view(n, length, f).max(dim=1).indices  # [n, F]
         sel = idx.gather(1, best.unsqueeze(-1).expand(n, f, g))  # [n, F, g]
         flat = sel * f + torch.arange(f, device=x.device).view(1, f, 1)
         return table.reshape(-1).gather(0, flat.reshape(-1)).view(n, f, g).sum(-1)
