@@ -110,8 +110,8 @@ class CDR3Encoder(nn.Module):
         win = F.pad(pf, (k // 2, k - 1 - k // 2)).unfold(2, k, 1)  # [M + 1, 3, M, K]
         self.register_buffer("_pos_windows", win.permute(0, 2, 1, 3).reshape(
             max_length + 1, max_length, 3 * k).contiguous(), persistent=False)
-        self.register_buffer("_offsets", torch.arange((kernel_size + 1) // 2)
-                             * (N_RESIDUES + 1) ** 2, persistent=False)
+        self.register_buffer("_offsets", (torch.arange((kernel_size + 1) // 2)
+                                          * (N_RESIDUES + 1) ** 2).int(), persistent=False)
 
     @property
     def out_features(self) -> int:
@@ -142,7 +142,8 @@ class CDR3Encoder(nn.Module):
         pairs = xp[:, :-1] * (N_RESIDUES + 1) + xp[:, 1:]
         idx = pairs.unfold(1, k2 - 1, 1)[:, :, ::2] + self._offsets  # [n, L, K2 / 2]
         pos = torch.arange(pos_base + length * self.max_length,
-                           pos_base + length * self.max_length + length, device=x.device)
+                           pos_base + length * self.max_length + length, device=x.device,
+                           dtype=x.dtype)
         idx = torch.cat([idx, pos.view(1, length, 1).expand(n, length, 1)], dim=2)
         g = idx.shape[2]
         if not (torch.is_grad_enabled() and table.requires_grad):
@@ -167,7 +168,7 @@ class CDR3Encoder(nn.Module):
         n = codes.shape[0]
         if n == 0:
             return codes.new_zeros((0, self.n_filters), dtype=torch.float32)
-        codes = codes.long()
+        codes = codes.int()  # int32 indices: half the memory traffic of int64 in the lookups
         lengths = lengths.long()
         if int(lengths.max()) > self.max_length or int(lengths.min()) < 1:
             raise ValueError(f"sequence lengths must be within 1..{self.max_length}")
