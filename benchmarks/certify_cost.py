@@ -47,7 +47,7 @@ from biocls.config import CellExperiment, Certify, parse_experiment  # noqa: E40
 from biocls.simulate import simulate_cells  # noqa: E402
 from biocls.splits import plan_fold  # noqa: E402
 from biocls.tasks import gather, make_splits  # noqa: E402
-from biocls.tasks.cells import CellsTask, _unseen_mask, fit_cells, ratt_cells  # noqa: E402
+from biocls.tasks.cells import CellsTask, fit_cells, ratt_mask  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 HEADS = ("cell_type", "cell_state")
@@ -78,18 +78,16 @@ def suite_experiment(name: str, work: Path) -> CellExperiment:
 
 
 def cross_validate(exp: CellExperiment, data: Any, splits: Any,
-                   random_fraction: float | None) -> dict[str, list[float]]:
-    """Per-fold macro-F1 of the factored model, optionally with the random mix."""
+                   random: bool) -> dict[str, list[float]]:
+    """Per-fold macro-F1 of the factored model, optionally with the random mix
+    (``exp.certify.random_fraction`` of each fold's fit cells)."""
     task = CellsTask()
     patients = task.patients(data)
     results = []
     for k in sorted(splits["fold"].unique()):
         plan = plan_fold(splits, int(k), patients, validation_fraction=exp.validation_fraction,
                          seed=exp.seed, source="splits")
-        rnd = None
-        if random_fraction:
-            fit_m = plan.masks(patients)[0] & ~_unseen_mask(data.obs, exp)
-            rnd = ratt_cells(fit_m, random_fraction, exp.seed)
+        rnd = ratt_mask(exp, data, plan) if random else None
         fitted = fit_cells(exp, data, plan, randomise=rnd)
         results.append(task.predict(exp, fitted, data, plan))
     _, metrics = gather(task, exp, results)
@@ -102,9 +100,7 @@ def certified(exp: CellExperiment, data: Any, splits: Any, work: Path) -> dict[s
     plan = plan_fold(splits, "final", task.patients(data),
                      validation_fraction=exp.validation_fraction, seed=exp.seed,
                      source="splits", hold_out=exp.certify.fold)
-    fit_m = plan.masks(task.patients(data))[0] & ~_unseen_mask(data.obs, exp)
-    fitted = fit_cells(exp, data, plan,
-                       randomise=ratt_cells(fit_m, exp.certify.random_fraction, exp.seed))
+    fitted = task.fit(exp, data, plan)  # a certified final fit: the RATT way
     model = Path(tempfile.mkdtemp(dir=work)) / "model"
     model.mkdir()
     task.save(exp, fitted, data, plan, model)
@@ -122,9 +118,9 @@ def run(name: str, exp: CellExperiment, args: argparse.Namespace, work: Path) ->
     splits = make_splits(CellsTask(), exp, data)
     out: dict[str, Any] = {"n_cells": int(data.n_obs), "n_patients": int(splits.shape[0]),
                            "folds": int(exp.folds), "cv": {}, "certificate": {}}
-    for label, e, frac in (("genes", exp, None), ("recipe", recipe, None),
-                           ("recipe+random", recipe, args.random_fraction)):
-        out["cv"][label] = cross_validate(e, data, splits, frac)
+    for label, e, random in (("genes", exp, False), ("recipe", recipe, False),
+                             ("recipe+random", recipe, True)):
+        out["cv"][label] = cross_validate(e, data, splits, random)
         print(f"  {name} {label}: " + ", ".join(
             f"{h} {np.mean(v):.3f}" for h, v in out["cv"][label].items()), flush=True)
     for label, e in (("recipe", recipe), ("genes", exp)):

@@ -91,17 +91,13 @@ def read_fingerprints(directory: str | Path) -> np.ndarray | None:
     return np.load(path, allow_pickle=False).astype(np.uint64)
 
 
-def model_signature(directory: str | Path, *, skip: Sequence[str] = ()) -> str:
+def model_signature(directory: str | Path) -> str:
     """A SHA-256 over a model folder's files (relative names and bytes, in sorted order): a
-    certificate names the exact weights and preprocessing it holds for. ``skip`` leaves out
-    files written after the model (none today)."""
+    certificate names the exact weights and preprocessing it holds for."""
     root = Path(directory)
     h = hashlib.sha256()
     for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = f.relative_to(root).as_posix()
-        if rel in skip:
-            continue
-        h.update(rel.encode() + b"\0")
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
         h.update(f.read_bytes())
         h.update(b"\0")
     return h.hexdigest()

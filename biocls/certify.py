@@ -184,10 +184,9 @@ def certify(exp: CellExperiment, *, model: Path, out: Path) -> dict[str, Any]:
                  entry["bound"], entry["patient_bound"], entry["n_test_patients"],
                  entry["test_error"], entry["clean_error"], entry["random_error"],
                  entry["random_correct_error"], entry["k"], entry["m"], entry["n"])
-    for h, e in result.items():
-        if e["bound"] >= 1:
+        if entry["bound"] >= 1:
             log.warning("certify %s: the per-cell bound is %.2f, so it certifies nothing: %s", h,
-                        e["bound"], _why_vacuous(e))
+                        entry["bound"], _why_vacuous(entry))
     skipped = (["cell_state (multi-label states are not certified)"]
                if exp.keys.state_labels else [])
     cert = {
@@ -206,15 +205,27 @@ def certify(exp: CellExperiment, *, model: Path, out: Path) -> dict[str, Any]:
     return cert
 
 
+def _ratt_figures(pred_clean: np.ndarray, truth_clean: np.ndarray, pred_random: np.ndarray,
+                  random: np.ndarray, *, k: int, delta: float) -> dict[str, Any]:
+    """RATT's inputs and bound for one head: E_S on the clean cells whose label is known, E_S~
+    against the random labels."""
+    clean = known_mask(truth_clean)
+    n, m = int(clean.sum()), int(len(random))
+    e_clean = _rate(np.asarray(pred_clean)[clean].astype(str) != truth_clean[clean].astype(str))
+    e_rand = _rate(np.asarray(pred_random).astype(str) != np.asarray(random).astype(str))
+    return {"k": k, "n": n, "m": m, "delta": delta, "clean_error": e_clean,
+            "random_error": e_rand,
+            "confidence_term": confidence_term(k=k, m=m, n=n, delta=delta),
+            "bound": ratt_bound(clean_error=e_clean, random_error=e_rand, k=k, m=m, n=n,
+                                delta=delta)}
+
+
 def _head(pred: dict[str, dict[str, np.ndarray]], head: str, *, k: int, delta: float,
           truth: dict[str, np.ndarray], random: np.ndarray,
           test_patients: np.ndarray) -> dict[str, Any]:
     """One head's figures (see :func:`certify`)."""
     p = {part: np.asarray(pred[part][head]).astype(str) for part in pred}
-    clean = known_mask(truth["clean"])
-    n, m = int(clean.sum()), int(len(random))
-    e_clean = _rate(p["clean"][clean] != truth["clean"][clean].astype(str))
-    e_rand = _rate(p["random"] != random.astype(str))
+    entry = _ratt_figures(p["clean"], truth["clean"], p["random"], random, k=k, delta=delta)
     right = known_mask(truth["random"]) & (random.astype(str) == truth["random"].astype(str))
     e_right = _rate(p["random"][right] != random[right].astype(str))
     known_t = known_mask(truth["test"])
@@ -222,14 +233,11 @@ def _head(pred: dict[str, dict[str, np.ndarray]], head: str, *, k: int, delta: f
     per_patient = {str(q): _rate(wrong_t[test_patients[known_t] == q])
                    for q in np.unique(test_patients[known_t])}
     return {
-        "k": k, "n": n, "m": m, "delta": delta,
-        "clean_error": e_clean, "random_error": e_rand,
+        **entry,
         "random_correct_error": e_right, "n_random_correct": int(right.sum()),
-        "confidence_term": confidence_term(k=k, m=m, n=n, delta=delta),
-        "bound": ratt_bound(clean_error=e_clean, random_error=e_rand, k=k, m=m, n=n,
-                            delta=delta),
-        "bound_with_random_correct": (ratt_bound(clean_error=e_right, random_error=e_rand, k=k,
-                                                 m=m, n=n, delta=delta)
+        "bound_with_random_correct": (ratt_bound(clean_error=e_right,
+                                                 random_error=entry["random_error"], k=k,
+                                                 m=entry["m"], n=entry["n"], delta=delta)
                                       if right.any() else None),
         "test_error": _rate(wrong_t), "n_test": int(known_t.sum()),
         "patient_errors": per_patient, "n_test_patients": len(per_patient),
@@ -317,20 +325,11 @@ def certify_unlabelled(exp: CellExperiment, *, splits: Path, unlabelled: Path, o
         by[~mask] = f"model_{name}"
         entry: dict[str, Any] = {"n_cells": int(mask.sum()), "heads": {}}
         for h in heads:
-            if h not in fitted.ratt["labels"]:
-                continue
-            truth = both.obs.loc[clean_m, f"biocls_{h}"].to_numpy(dtype=object)
-            ok = known_mask(truth)
-            k = len(fitted.ratt["classes"][h])
-            n, m = int(ok.sum()), int(randomise.sum())
-            e_clean = _rate(np.asarray(p_clean[h])[ok].astype(str) != truth[ok].astype(str))
-            e_rand = _rate(np.asarray(p_rand[h]).astype(str)
-                           != np.asarray(fitted.ratt["labels"][h]).astype(str))
-            entry["heads"][h] = {
-                "k": k, "n": n, "m": m, "delta": d_each / 2, "clean_error": e_clean,
-                "random_error": e_rand,
-                "bound": ratt_bound(clean_error=e_clean, random_error=e_rand, k=k, m=m, n=n,
-                                    delta=d_each / 2)}
+            if h in fitted.ratt["labels"]:
+                entry["heads"][h] = _ratt_figures(
+                    p_clean[h], both.obs.loc[clean_m, f"biocls_{h}"].to_numpy(dtype=object),
+                    p_rand[h], np.asarray(fitted.ratt["labels"][h]),
+                    k=len(fitted.ratt["classes"][h]), delta=d_each / 2)
         halves[name] = entry
     combined: dict[str, Any] = {}
     for h in heads:

@@ -517,7 +517,7 @@ class CellPreprocessor:
             if self.max_value is not None:
                 np.clip(block, -self.max_value, self.max_value, out=block)
             out[start:stop, present] = block
-        if getattr(self, "components_", None) is not None:
+        if self.components_ is not None:
             return ((out - self.center_) @ self.components_.T).astype(np.float32)
         return out
 

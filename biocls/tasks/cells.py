@@ -41,7 +41,7 @@ from biocls.splits import FoldPlan
 from biocls.tasks._protocol import FoldResult
 
 __all__ = ["RATT_FILE", "CellModelBundle", "CellsTask", "fit_cells", "load_cell_model",
-           "ratt_cells"]
+           "ratt_cells", "ratt_mask"]
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +141,7 @@ class CellsTask:
 
         A certified experiment's final model is trained the RATT way (see :func:`ratt_cells`).
         """
-        randomise = None
-        if plan.final and exp.certify is not None:
-            fit_m = plan.masks(self.patients(data))[0] & ~_unseen_mask(data.obs, exp)
-            randomise = ratt_cells(fit_m, exp.certify.random_fraction, exp.seed)
+        randomise = ratt_mask(exp, data, plan) if plan.final and exp.certify else None
         return fit_cells(exp, data, plan, randomise=randomise, checkpoint_dir=checkpoint_dir)
 
     def predict(self, exp: CellExperiment, fitted: CellFit, data: ad.AnnData,
@@ -356,6 +353,14 @@ def ratt_cells(fit_mask: np.ndarray, fraction: float, seed: int) -> np.ndarray:
     out = np.zeros(len(fit_mask), dtype=bool)
     out[np.random.default_rng([seed, 7_771]).choice(idx, size=m, replace=False)] = True
     return out
+
+
+def ratt_mask(exp: CellExperiment, data: ad.AnnData, plan: FoldPlan) -> np.ndarray:
+    """:func:`ratt_cells` for a plan: ``certify.random_fraction`` of the fit patients' cells that
+    may train (cells of ``unseen_combinations`` never do)."""
+    assert exp.certify is not None
+    fit_m = plan.masks(data.obs["biocls_patient"].to_numpy())[0] & ~_unseen_mask(data.obs, exp)
+    return ratt_cells(fit_m, exp.certify.random_fraction, exp.seed)
 
 
 def _random_labels(o_fit: pd.DataFrame, rand: np.ndarray, y_type: Any, y_state: Any,
