@@ -65,8 +65,9 @@ def load_spec(text: str) -> Experiment:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BioclsError(f"--spec is not valid JSON/YAML ({first})", where="--spec",
                           fix="quote the JSON in the shell") from None
-    if not isinstance(spec, dict) or spec.get("task") not in ("cells", "repertoires"):
-        raise BioclsError("spec needs `task: cells` or `task: repertoires`", where="--spec",
+    if not isinstance(spec, dict) or spec.get("task") not in ("cells", "repertoires", "images"):
+        raise BioclsError("spec needs `task: cells`, `task: repertoires` or `task: images`",
+                          where="--spec",
                           fix="pass one experiment block of the config")
     return parse_experiment(spec, source="--spec", partial=True)
 

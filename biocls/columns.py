@@ -44,6 +44,8 @@ __all__ = [
     "HEADS",
     "HEAD_WEIGHT",
     "ID_COLUMNS",
+    "IMAGE",
+    "IMAGE_MODELS",
     "JUNCTION_AA",
     "KMER_PROBABILITY",
     "LABEL",
@@ -91,7 +93,12 @@ CELL_STATE = "cell_state"
 HEADS: tuple[str, ...] = (CELL_TYPE, CELL_STATE)
 #: the models whose predictions sit side by side: the factored model and the two baselines
 MODELS: tuple[str, ...] = ("factored", "joint", "logreg")
-_MODEL_PREFIX = {"factored": "", "joint": "joint_", "logreg": "logreg_"}
+#: images (``task: images``): the model that ships, then image only, fused with clinical data,
+#: clinical data only, and logistic regression on the pixels
+IMAGE_MODELS: tuple[str, ...] = ("factored", "image", "fused", "clinical", "logreg")
+IMAGE = "image"
+_MODEL_PREFIX = {"factored": "", "joint": "joint_", "logreg": "logreg_", "image": "image_",
+                 "fused": "fused_", "clinical": "clinical_"}
 #: prefixes of the multi-label state columns; the state label follows the colon
 TRUE_STATE = "true_state:"
 PRED_STATE = "pred_state:"
@@ -126,7 +133,8 @@ PATTERN_COLUMNS: list[str] = [PATTERN, RANK, JUNCTION_AA, SIMILARITY, HEAD_WEIGH
                               PATTERN_RANK, REPERTOIRE_ID]
 
 #: columns read as text whatever they hold: IDs, and sequences/gene calls that may look like "NA"
-ID_COLUMNS: tuple[str, ...] = (CELL_ID, PATIENT, REPERTOIRE_ID, JUNCTION_AA, "v_call", "j_call")
+ID_COLUMNS: tuple[str, ...] = (CELL_ID, PATIENT, REPERTOIRE_ID, JUNCTION_AA, "v_call", "j_call",
+                                IMAGE)
 
 
 def _check_model(model: str) -> str:
@@ -184,7 +192,7 @@ def prob_classes(columns: Iterable[str], head: str) -> list[str]:
     return [c[len(prefix):] for c in columns if c.startswith(prefix)]
 
 
-_LABEL_COL = re.compile(r"^(?:joint_|logreg_)?(?:true|pred)_[^:]+$")
+_LABEL_COL = re.compile(r"^(?:joint_|logreg_|image_|fused_|clinical_)?(?:true|pred)_[^:]+$")
 
 
 def is_label_col(column: str) -> bool:

@@ -36,6 +36,9 @@ __all__ = [
     "CellPreprocess",
     "Certify",
     "Experiment",
+    "ImageExperiment",
+    "ImageKeys",
+    "ImageModel",
     "KmerBaseline",
     "RepertoireExperiment",
     "RepertoireKeys",
@@ -219,6 +222,54 @@ class KmerBaseline:
     inner_folds: int = opt(3, "inner subject-grouped folds", minimum=2)
 
 
+@dataclass(frozen=True)
+class ImageKeys:
+    """Which manifest columns hold each role (DESIGN §4c)."""
+
+    image: str = opt("image", "manifest column with the image path, relative to the manifest")
+    patient: str | None = opt("patient", "manifest column with the patient ID (null with "
+                                         "pseudo_patients)")
+    cell_type: str = opt("cell_type", "manifest column with the cell type")
+    cell_state: str | None = opt(None, "manifest column with the cell state (optional)")
+    clinical: tuple[str, ...] = opt(
+        (), "manifest columns with clinical data (numbers, categories, or ';'-separated text "
+            "such as a symptom list): fused with the image, and checked for patient "
+            "memorisation", uniqueItems=True)
+
+
+@dataclass(frozen=True)
+class ImageModel:
+    """Options of :class:`biocls.estimators.ImageClassifier` and of the fusion comparison."""
+
+    encoder: Literal["resnet", "densenet121", "vit", "mixer"] = opt(
+        "resnet", "MONAI network without pretrained weights: a small ResNet, DenseNet121, a "
+                  "ViT, or an MLP-Mixer over image patches built from MONAI's blocks")
+    size: int = opt(28, "images are resized to size × size", minimum=8)
+    widths: tuple[int, ...] = opt((16, 32, 64, 128), "resnet: channels of its four stages",
+                                  minItems=4, maxItems=4, items={"type": "integer",
+                                                                 "minimum": 1})
+    patch: int = opt(4, "vit and mixer: patch side in pixels", minimum=1)
+    dim: int = opt(128, "vit and mixer: token width", minimum=8)
+    depth: int = opt(4, "vit and mixer: blocks", minimum=1)
+    augment: bool = opt(True, "seeded flips, 90° rotations, intensity and stain jitter")
+    dropout: float = opt(0.1, "dropout before the heads", minimum=0, exclusiveMaximum=1)
+    lr: float = opt(0.002, "AdamW learning rate", exclusiveMinimum=0)
+    weight_decay: float = opt(0.0001, "AdamW weight decay", minimum=0)
+    batch_size: int = opt(128, "images per update", minimum=2)
+    max_epochs: int = opt(30, "epochs at most", minimum=1)
+    patience: int = opt(6, "epochs without validation improvement before stopping", minimum=1)
+    fusion: Literal["auto", "always", "never"] = opt(
+        "auto", "with keys.clinical: the model that ships and predicts reads image and clinical "
+                "data (always), the image alone (never), or whichever errs less on each fold's "
+                "validation patients (auto); image-only, clinical-only and fused are reported "
+                "side by side either way")
+    probe_fraction: float = opt(0.2, "share of each fitting patient's images kept out of "
+                                     "training for the patient-identity probe",
+                                exclusiveMinimum=0, exclusiveMaximum=1)
+    device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto uses CUDA when present")
+    threads: int | None = opt(None, "CPU threads for torch (null: all)", minimum=1)
+
+
 # -- experiments -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -329,9 +380,51 @@ class RepertoireExperiment(_Experiment):
         return self
 
 
-Experiment = CellExperiment | RepertoireExperiment
-TASKS: dict[str, type[CellExperiment] | type[RepertoireExperiment]] = {
-    "cells": CellExperiment, "repertoires": RepertoireExperiment}
+@dataclass(frozen=True)
+class ImageExperiment(_Experiment):
+    """A cell-image experiment (``task: images``)."""
+
+    name: str = opt("experiment", "set from the experiment's key in the config")
+    task: Literal["images"] = opt("images", "images")
+    manifest: str | None = opt(None, "manifest TSV, one row per image (or give input: or "
+                                     "simulate:)", pattern=r"\.(tsv|txt)$")
+    input: str | None = opt(None, "a MedMNIST-style .npz (train_images, train_labels, ...)",
+                            pattern=r"\.npz$")
+    simulate: dict[str, Any] | None = opt(None, "options of biocls simulate images")
+    keys: ImageKeys = opt(factory=ImageKeys, doc="manifest columns of each role")
+    pseudo_patients: int | None = opt(None, "images without patients (an .npz): split them into "
+                                            "N random pseudo-patients", minimum=2)
+    official_test: bool = opt(False, ".npz only: keep its test split out of cross-validation "
+                                     "and of the final model, and score the final model on it "
+                                     "(metrics.json: official_test)")
+    unseen_combinations: tuple[tuple[str, str], ...] = opt(
+        (), "[type, state] pairs withheld from every training set",
+        items={"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2})
+    validation_fraction: float = opt(0.2, "training patients held back for early stopping",
+                                     exclusiveMinimum=0, exclusiveMaximum=1)
+    model: ImageModel = opt(factory=ImageModel, doc="the image model")
+
+    SOURCES: ClassVar[tuple[str, ...]] = ("manifest", "input", "simulate")
+    _LOAD: ClassVar[tuple[str, ...]] = ("manifest", "input", "keys", "pseudo_patients", "seed",
+                                        "official_test", "model.size")
+    STEPS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "split": (*_LOAD, "folds"),
+        "train": (*_LOAD, "progress", "unseen_combinations", "validation_fraction", "model"),
+        "final": (*_LOAD, "progress", "unseen_combinations", "validation_fraction", "model"),
+        "evaluate": ("pseudo_patients", "unseen_combinations", "keys", "model.fusion"),
+    }
+
+    def resolve_paths(self, resources: str = "resources") -> ImageExperiment:
+        """Point ``manifest`` at the folder a ``simulate:`` rule writes."""
+        if self.simulate is not None:
+            return dataclasses.replace(
+                self, manifest=f"{resources}/{self.name}/images/manifest.tsv")
+        return self
+
+
+Experiment = CellExperiment | RepertoireExperiment | ImageExperiment
+TASKS: dict[str, type[CellExperiment] | type[RepertoireExperiment] | type[ImageExperiment]] = {
+    "cells": CellExperiment, "repertoires": RepertoireExperiment, "images": ImageExperiment}
 
 
 @dataclass(frozen=True)
@@ -391,6 +484,12 @@ def _check_block(block: Mapping[str, Any], cls: type, *, name: str, source: str,
         raise BioclsError(f"needs exactly one of {', '.join(cls.SOURCES)} (has "
                           f"{', '.join(given) or 'none'})", where=where,
                           fix="give the data's path, or a simulate: block")
+    if cls is ImageExperiment and given == ["input"] and not block.get("pseudo_patients"):
+        raise BioclsError("an .npz has no patients", where=f"{where}.pseudo_patients",
+                          fix="set pseudo_patients: N to split its images into N random groups")
+    if cls is ImageExperiment and block.get("official_test") and given != ["input"]:
+        raise BioclsError("official_test needs an .npz input (its test split)",
+                          where=f"{where}.official_test", fix="drop official_test")
     if cls is RepertoireExperiment and given == ["metadata"] and not block.get("repertoires"):
         raise BioclsError("`metadata` needs `repertoires` beside it", where=where,
                           fix="set repertoires: to the folder of <repertoire_id>.tsv files")
@@ -507,6 +606,8 @@ def _check_simulate(block: Mapping[str, Any], task: str, *, where: str) -> None:
             raise BioclsError(f"unknown simulator model {model!r}", where=f"{where}.model",
                               fix=f"use one of {', '.join(simulate.CELL_MODELS)}")
         fn, extra = simulate.CELL_MODELS[model], {"model"}
+    elif task == "images":
+        fn = simulate.simulate_images
     else:
         fn = simulate.simulate_repertoires
     params = inspect.signature(fn).parameters

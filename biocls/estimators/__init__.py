@@ -3,8 +3,9 @@
 and the k-mer baseline."""
 
 from biocls.estimators._cells import CellClassifier
+from biocls.estimators._images import ImageClassifier
 from biocls.estimators._kmer import KmerLogisticRegression, kmer_frequencies
 from biocls.estimators._repertoires import RepertoireClassifier
 
-__all__ = ["CellClassifier", "KmerLogisticRegression", "RepertoireClassifier",
+__all__ = ["CellClassifier", "ImageClassifier", "KmerLogisticRegression", "RepertoireClassifier",
            "kmer_frequencies"]

@@ -13,10 +13,11 @@ __all__ = ["get_task", "task_of_model"]
 
 #: task name → its implementation, imported on first use (torch, scanpy are heavy)
 _REGISTRY = {"cells": "biocls.tasks.cells:CellsTask",
-             "repertoires": "biocls.tasks.repertoires:RepertoiresTask"}
+             "repertoires": "biocls.tasks.repertoires:RepertoiresTask",
+             "images": "biocls.tasks.images:ImagesTask"}
 #: model.json "kind" → the task whose model it is
 _MODEL_KINDS = {"CellClassifier": "cells", "RepertoireClassifier": "repertoires",
-                "repertoire_mil": "repertoires"}
+                "repertoire_mil": "repertoires", "ImageClassifier": "images"}
 
 
 def get_task(name: str) -> Task:
