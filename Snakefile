@@ -25,6 +25,7 @@ include: "workflows/rules/common.smk"
 include: "workflows/rules/cells.smk"
 include: "workflows/rules/certify.smk"
 include: "workflows/rules/repertoires.smk"
+include: "workflows/rules/images.smk"
 include: "workflows/rules/reports.smk"
 
 

@@ -33,11 +33,13 @@ typical order (the Snakemake workflow runs these for you):
                   --out results/EXP [--certificate results/EXP/certificate.json]
   biocls report   --results results/EXP
   biocls predict  --model results/EXP/model --input new.h5ad --output annotated.h5ad
+  biocls predict  --model results/IMG/model --input manifest.tsv --output predictions.tsv
   biocls summary  results                  # every experiment's headline figures
 
 SPEC is one experiment of the config as JSON (a string, or a .json/.yaml file), with its data
-paths (`input`, or `metadata` + `repertoires`) filled in. The workflow passes each step only the
-keys it reads; missing keys take the defaults of biocls/config.py (`biocls schema` lists them).
+paths (`input`, `metadata` + `repertoires`, or `manifest`) filled in. The workflow passes each
+step only the keys it reads; missing keys take the defaults of biocls/config.py (`biocls schema`
+lists them).
 Python users call the same code in memory: biocls.tl.cross_validate, biocls.tl.annotate.
 """
 
@@ -108,12 +110,20 @@ def cmd_simulate(args: argparse.Namespace) -> None:
             adata.write_h5ad(tmp)
         log.info("wrote %s (%d cells × %d genes, %d patients)", args.out, adata.n_obs,
                  adata.n_vars, adata.obs["patient"].nunique())
+    elif args.model:
+        raise BioclsError(f"--model {args.model} is an option of `simulate cells`",
+                          where="--model", fix=f"drop --model for {args.what}")
+    elif args.what == "images":
+        from biocls.config import _check_simulate
+        from biocls.simulate import simulate_images
+
+        _check_simulate({"simulate": params}, "images", where="--params: simulate")
+        manifest = simulate_images(Path(args.out), **params)
+        log.info("wrote %s (%d images, %d patients)", Path(args.out) / "manifest.tsv",
+                 len(manifest), manifest["patient"].nunique())
     else:
         from biocls.simulate import simulate_repertoires
 
-        if args.model:
-            raise BioclsError(f"--model {args.model} is an option of `simulate cells`",
-                              where="--model", fix="drop --model for repertoires")
         simulate_repertoires(Path(args.out), **params)
 
 
@@ -245,9 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
         return sp
 
     s = verb("simulate", cmd_simulate,
-             "simulate a multi-patient data set (cells: .h5ad; repertoires: AIRR TSVs + metadata)")
-    s.add_argument("what", choices=["cells", "repertoires"])
-    s.add_argument("--out", required=True, help="cells: output .h5ad; repertoires: output folder")
+             "simulate a multi-patient data set (cells: .h5ad; repertoires: AIRR TSVs + "
+             "metadata; images: PNG cell images + manifest.tsv with clinical columns)")
+    s.add_argument("what", choices=["cells", "repertoires", "images"])
+    s.add_argument("--out", required=True, help="cells: output .h5ad; repertoires and images: "
+                                                "output folder")
     s.add_argument("--params", help="simulator options as JSON, e.g. '{\"n_patients\": 12}'")
     s.add_argument("--model", choices=["biocls", "splatter"],
                    help="cells: the generator (default: biocls; a \"model\" key in --params "
@@ -307,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--config-hash", help="the experiment's config hash "
                                          "(biocls.config.config_hash), shown on every page")
 
-    s = verb("predict", cmd_predict, "apply a final model to new data (.h5ad, or a folder of "
-                                     "repertoire TSVs)")
+    s = verb("predict", cmd_predict, "apply a final model to new data (.h5ad, a folder of "
+                                     "repertoire TSVs, or an image manifest)")
     s.add_argument("--model", required=True,
                    help="a final model folder, results/<experiment>/model (or one saved with "
                         "model.save); its task decides what --input must be")
@@ -317,12 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "genes matched by name). Repertoire model: a folder of <repertoire_id>.tsv "
                         "(or .tsv.gz) files, AIRR (junction_aa or cdr3_aa, with duplicate_count, "
                         "v_call or j_call) or DeepRC (amino_acid, templates); other TSVs there, "
-                        "e.g. metadata.tsv, are skipped with a warning")
+                        "e.g. metadata.tsv, are skipped with a warning. Image model: a manifest "
+                        "TSV whose image column (and clinical columns, for a model that fuses "
+                        "them) are named as in training; no labels needed")
     s.add_argument("--output", required=True,
                    help="cell model: the annotated .h5ad (the input plus obs columns "
                         "biocls_cell_type, ..._confidence, and uns['biocls_predict']). Repertoire "
                         "model: a .tsv of repertoire_id, probability, plus <output>.json "
-                        "recording the model, its config hash and the date")
+                        "recording the model, its config hash and the date. Image model: a .tsv, "
+                        "one row per image: the image column, biocls_cell_type, "
+                        "biocls_cell_type_confidence (and the same for cell_state)")
     s = verb("summary", cmd_summary, "print each experiment's headline figures (model vs "
                                      "baselines) from its metrics.json, and where its report is")
     s.add_argument("paths", nargs="*", default=["results"], metavar="PATH",

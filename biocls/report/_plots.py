@@ -31,7 +31,10 @@ BLUE, ORANGE, GREEN, VERMILLION, SKY, PURPLE, GREY = (
     "#CC79A7",
     "#777777",
 )
-MODEL_COLOURS = {"factored": BLUE, "joint": ORANGE, "logreg": GREEN, "model": BLUE, "k-mer": ORANGE}
+MODEL_COLOURS = {"factored": BLUE, "joint": ORANGE, "logreg": GREEN, "model": BLUE, "k-mer": ORANGE,
+                 # images: the comparisons of the clinical data and the patient probe
+                 "image only": SKY, "clinical only": PURPLE, "image + clinical (fused)": VERMILLION,
+                 "probe accuracy": VERMILLION, "chance": GREY}
 
 _RC = {
     "font.size": 9,

@@ -973,7 +973,86 @@ def _repertoires_patient(ctx: _Context, patient: str) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------------------- task: images
+
+_IMAGE_MODEL_NAMES = {
+    "factored": "shipped model (biocls)",
+    "image": "image only",
+    "fused": "image + clinical (fused)",
+    "clinical": "clinical only",
+    "logreg": "logistic regression on pixels",
+}
+
+
+def _images_index(ctx: _Context) -> dict[str, Any]:
+    """The cells page's figures where they apply, with the image comparisons instead of the
+    joint head: image only / clinical only / fused, and the patient-identity probe."""
+    m = ctx.metrics
+    heads = [h for h in _HEADS if isinstance(m.get(h), dict)]
+    models = [n for n in C.IMAGE_MODELS if n == "factored" or n in (m.get("baselines") or {})]
+    rows = []
+    for head in heads:
+        for key in ("macro_f1", "balanced_accuracy", "accuracy"):
+            values = [_get(m if n == "factored" else m["baselines"][n], head, key)
+                      for n in models]
+            present = [float(v) for v in values if not _missing(v)]
+            if not present:
+                continue
+            best = max(present)
+            rows.append({"name": f"{_HEADS[head]}: {_METRICS[key]}",
+                         "cells": [{"value": v, "best": not _missing(v) and float(v) == best}
+                                   for v in values]})
+    confusion = m.get("confusion") or {}
+    figures = []
+    for head in heads:
+        for model in ("factored", "logreg"):
+            table = _get(confusion, head, model)
+            if isinstance(table, dict) and table.get("labels"):
+                figures.append(_figure(
+                    _plots.confusion_matrix(np.asarray(table["counts"]), table["labels"],
+                                            title=f"{_HEADS[head]}: {_IMAGE_MODEL_NAMES[model]}"),
+                    f"{_HEADS[head]}, {_IMAGE_MODEL_NAMES[model]}",
+                    "Rows annotated, columns predicted; each row sums to 1."))
+    fusion, probe = m.get("fusion"), m.get("patient_probe") or {}
+    fusion_figure = probe_figure = None
+    if fusion:
+        table = {h: fusion["macro_f1"][h] for h in _HEADS if h in fusion["macro_f1"]}
+        fusion_figure = _figure(
+            _plots.grouped_bars([_HEADS[h] for h in table],
+                                {_IMAGE_MODEL_NAMES[n]: [table[h].get(n) for h in table]
+                                 for n in ("image", "clinical", "fused")},
+                                title="new patients: what the clinical data adds",
+                                ylabel="macro-F1 (out of fold)"),
+            "Image only, clinical only, fused",
+            "Macro-F1 on each fold's held-out patients, for models trained on the same folds.")
+    if probe:
+        names = [n for n in ("image", "fused") if n in probe]
+        probe_figure = _figure(
+            _plots.grouped_bars([_IMAGE_MODEL_NAMES[n] for n in names],
+                                {"probe accuracy": [probe[n]["accuracy"] for n in names],
+                                 "chance": [probe[n]["chance"] for n in names]},
+                                title="patient-identity probe", ylabel="accuracy"),
+            "Patient-identity probe",
+            "How often a linear probe on the model's embedding names the training patient of an "
+            "image held back from training; chance is the commonest patient's share.")
+    return {
+        "summary": {"n_patients": m.get("n_patients", len(ctx.splits)),
+                    "n_images": m.get("n_images"), "folds": m.get("folds"),
+                    "pseudo_groups": m.get("pseudo_groups")},
+        "model_names": [_IMAGE_MODEL_NAMES[n] for n in models],
+        "metrics_table": rows,
+        "figures": figures,
+        "fusion": fusion,
+        "fusion_figure": fusion_figure,
+        "probe": probe,
+        "probe_figure": probe_figure,
+        "official_test": m.get("official_test"),
+        "patients": ctx.patient_rows(),
+    }
+
+
 _SECTIONS: dict[str, _Section] = {
     "cells": _Section(_cells_load, _cells_index, _cells_patient),
+    "images": _Section(_cells_load, _images_index, _cells_patient),
     "repertoires": _Section(_repertoires_load, _repertoires_index, _repertoires_patient),
 }

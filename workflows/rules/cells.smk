@@ -1,4 +1,5 @@
-# Single-cell experiments (task: cells). Each fold trains in its own job.
+# Single-cell and cell-image experiments (task: cells, task: images): the same verbs, so the
+# same rules. Each fold trains in its own job.
 
 
 wildcard_constraints:
@@ -45,7 +46,7 @@ rule split_cells:
     log:
         "logs/{exp}/split.log",
     wildcard_constraints:
-        exp=_alt(CELLS),
+        exp=_alt(CELLS + IMAGES),
     threads: 1
     resources:
         mem_mb=4000,
@@ -67,7 +68,7 @@ rule train_cells:
     log:
         "logs/{exp}/train_{fold}.log",
     wildcard_constraints:
-        exp=_alt(CELLS),
+        exp=_alt(CELLS + IMAGES),
     threads: 1
     resources:
         mem_mb=8000,
@@ -89,7 +90,7 @@ rule train_cells_final:
     log:
         "logs/{exp}/train_final.log",
     wildcard_constraints:
-        exp=_alt(CELLS),
+        exp=_alt(CELLS + IMAGES),
     threads: 1
     resources:
         mem_mb=8000,
@@ -102,6 +103,7 @@ rule train_cells_final:
 rule evaluate_cells:
     input:
         unpack(lambda wc: certificate_input(wc.exp)),
+        unpack(lambda wc: official_test_input(wc.exp)),
         splits="results/{exp}/splits.tsv",
         folds=lambda wc: expand(
             "results/{exp}/folds/{fold}/predictions.tsv", exp=wc.exp, fold=fold_ids(wc.exp)
@@ -115,7 +117,7 @@ rule evaluate_cells:
     log:
         "logs/{exp}/evaluate.log",
     wildcard_constraints:
-        exp=_alt(CELLS),
+        exp=_alt(CELLS + IMAGES),
     threads: 1
     resources:
         mem_mb=4000,

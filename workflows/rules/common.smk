@@ -43,6 +43,7 @@ except BioclsError as e:
 
 CELLS = sorted(k for k, v in EXPS.items() if v.task == "cells")
 REPS = sorted(k for k, v in EXPS.items() if v.task == "repertoires")
+IMAGES = sorted(k for k, v in EXPS.items() if v.task == "images")
 CERTIFIED = sorted(k for k in CELLS if EXPS[k].certify is not None)
 
 
@@ -64,7 +65,16 @@ def simulate_params(wildcards):
 
 
 def cells_input(wildcards):
-    return EXPS[wildcards.exp].input
+    """The data a cells or images experiment reads: its .h5ad, manifest or .npz."""
+    exp = EXPS[wildcards.exp]
+    return exp.input if exp.task == "cells" else (exp.manifest or exp.input)
+
+
+def official_test_input(exp):
+    """An images experiment scored on an .npz's official test split reads the final model."""
+    if EXPS[exp].task == "images" and EXPS[exp].official_test:
+        return {"model": f"results/{exp}/model"}
+    return {}
 
 
 def repertoire_inputs(exp):

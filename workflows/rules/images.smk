@@ -1,0 +1,20 @@
+# Cell-image experiments (task: images): only the simulator is theirs; splitting, training and
+# evaluating use the cells rules (workflows/rules/cells.smk), which call the same CLI verbs.
+
+
+rule simulate_images:
+    output:
+        manifest="resources/{exp}/images/manifest.tsv",
+    params:
+        sim=simulate_params,
+        out="resources/{exp}/images",
+    log:
+        "logs/{exp}/simulate_images.log",
+    wildcard_constraints:
+        exp=_alt(IMAGES),
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    shell:
+        "biocls simulate images --params {params.sim:q} --out {params.out} 2> {log}"
