@@ -26,6 +26,7 @@ EPILOG = """\
 typical order (the Snakemake workflow runs these for you):
   biocls simulate cells --out data/demo.h5ad
   biocls split    --spec SPEC --out results/EXP/splits.tsv
+  biocls pretrain --spec SPEC --out results/IMG/pretrained      # images with a pretrain: block
   biocls train    --spec SPEC --splits results/EXP/splits.tsv --fold 0 --out results/EXP/folds/0
   biocls train    --spec SPEC --splits results/EXP/splits.tsv --fold final --out results/EXP/model
   biocls certify  --spec SPEC --model results/EXP/model --out results/EXP/certificate.json
@@ -170,6 +171,18 @@ def cmd_train(args: argparse.Namespace) -> None:
           checkpoint_dir=Path(args.checkpoints) if args.checkpoints else None)
 
 
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from biocls.tasks.images import pretrain
+    from biocls.train import set_threads
+
+    exp = load_spec(args.spec)
+    if exp.task != "images" or exp.pretrain is None:
+        raise BioclsError("`pretrain` needs a task: images experiment with a pretrain: block",
+                          where="--spec", fix="add pretrain: {input: other_images.npz}")
+    set_threads(args.threads)
+    pretrain(exp, Path(args.out))
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from biocls.tasks import evaluate, get_task
 
@@ -283,8 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--splits", required=True, help="splits.tsv from `biocls split`")
     s.add_argument("--fold", required=True, help="fold number, or 'final' for all patients")
     s.add_argument("--out", required=True, help="fold folder (or model folder for 'final')")
-    s.add_argument("--store", help="repertoires: store.h5 from `biocls encode`")
+    s.add_argument("--store", help="repertoires: store.h5 from `biocls encode`; images with a "
+                                   "pretrain: block: the folder from `biocls pretrain`")
     s.add_argument("--checkpoints", help="folder for epoch checkpoints (a killed run resumes)")
+    s.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
+
+    s = verb("pretrain", cmd_pretrain, "images: train the encoder on another image set "
+                                       "(pretrain.input) to start every fold from (transfer)")
+    s.add_argument("--spec", required=True)
+    s.add_argument("--out", required=True, help="folder to write (encoder.pt, pretrain.json)")
     s.add_argument("--threads", type=int, help="CPU threads for torch (default: all)")
 
     s = verb("evaluate", cmd_evaluate, "gather out-of-fold predictions into predictions.tsv and "

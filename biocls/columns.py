@@ -94,11 +94,12 @@ HEADS: tuple[str, ...] = (CELL_TYPE, CELL_STATE)
 #: the models whose predictions sit side by side: the factored model and the two baselines
 MODELS: tuple[str, ...] = ("factored", "joint", "logreg")
 #: images (``task: images``): the model that ships, then image only, fused with clinical data,
-#: clinical data only, and logistic regression on the pixels
-IMAGE_MODELS: tuple[str, ...] = ("factored", "image", "fused", "clinical", "logreg")
+#: clinical data only, logistic regression on the pixels, and (with pretraining) image only
+#: trained from scratch
+IMAGE_MODELS: tuple[str, ...] = ("factored", "image", "fused", "clinical", "logreg", "scratch")
 IMAGE = "image"
 _MODEL_PREFIX = {"factored": "", "joint": "joint_", "logreg": "logreg_", "image": "image_",
-                 "fused": "fused_", "clinical": "clinical_"}
+                 "fused": "fused_", "clinical": "clinical_", "scratch": "scratch_"}
 #: prefixes of the multi-label state columns; the state label follows the colon
 TRUE_STATE = "true_state:"
 PRED_STATE = "pred_state:"
@@ -192,7 +193,8 @@ def prob_classes(columns: Iterable[str], head: str) -> list[str]:
     return [c[len(prefix):] for c in columns if c.startswith(prefix)]
 
 
-_LABEL_COL = re.compile(r"^(?:joint_|logreg_|image_|fused_|clinical_)?(?:true|pred)_[^:]+$")
+_LABEL_COL = re.compile(
+    r"^(?:joint_|logreg_|image_|fused_|clinical_|scratch_)?(?:true|pred)_[^:]+$")
 
 
 def is_label_col(column: str) -> bool:

@@ -39,6 +39,7 @@ __all__ = [
     "ImageExperiment",
     "ImageKeys",
     "ImageModel",
+    "ImagePretrain",
     "KmerBaseline",
     "RepertoireExperiment",
     "RepertoireKeys",
@@ -270,6 +271,17 @@ class ImageModel:
     threads: int | None = opt(None, "CPU threads for torch (null: all)", minimum=1)
 
 
+@dataclass(frozen=True)
+class ImagePretrain:
+    """Transfer: the encoder is first trained on another image set's labels, then fine-tuned."""
+
+    input: str = opt("", "a MedMNIST-style .npz (its train split trains, its val split stops "
+                         "early), e.g. BloodMNIST for blood-cell targets", pattern=r"\.npz$")
+    max_epochs: int = opt(10, "pretraining epochs at most", minimum=1)
+    max_images: int | None = opt(None, "images of the train split used at most (null: all)",
+                                 minimum=10)
+
+
 # -- experiments -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -403,15 +415,22 @@ class ImageExperiment(_Experiment):
     validation_fraction: float = opt(0.2, "training patients held back for early stopping",
                                      exclusiveMinimum=0, exclusiveMaximum=1)
     model: ImageModel = opt(factory=ImageModel, doc="the image model")
+    pretrain: ImagePretrain | None = opt(None, "pretrain the encoder on another image set, "
+                                               "then fine-tune; every fold also trains from "
+                                               "scratch for comparison (omit: no transfer)")
 
     SOURCES: ClassVar[tuple[str, ...]] = ("manifest", "input", "simulate")
     _LOAD: ClassVar[tuple[str, ...]] = ("manifest", "input", "keys", "pseudo_patients", "seed",
                                         "official_test", "model.size")
     STEPS: ClassVar[dict[str, tuple[str, ...]]] = {
         "split": (*_LOAD, "folds"),
-        "train": (*_LOAD, "progress", "unseen_combinations", "validation_fraction", "model"),
-        "final": (*_LOAD, "progress", "unseen_combinations", "validation_fraction", "model"),
-        "evaluate": ("pseudo_patients", "unseen_combinations", "keys", "model.fusion"),
+        "pretrain": (*_LOAD, "progress", "model", "pretrain"),
+        "train": (*_LOAD, "progress", "unseen_combinations", "validation_fraction", "model",
+                  "pretrain"),
+        "final": (*_LOAD, "progress", "unseen_combinations", "validation_fraction", "model",
+                  "pretrain"),
+        "evaluate": ("pseudo_patients", "unseen_combinations", "keys", "model.fusion",
+                     "pretrain"),
     }
 
     def resolve_paths(self, resources: str = "resources") -> ImageExperiment:
@@ -487,6 +506,10 @@ def _check_block(block: Mapping[str, Any], cls: type, *, name: str, source: str,
     if cls is ImageExperiment and given == ["input"] and not block.get("pseudo_patients"):
         raise BioclsError("an .npz has no patients", where=f"{where}.pseudo_patients",
                           fix="set pseudo_patients: N to split its images into N random groups")
+    pre = block.get("pretrain")
+    if cls is ImageExperiment and isinstance(pre, Mapping) and not pre.get("input"):
+        raise BioclsError("pretrain needs `input`", where=f"{where}.pretrain.input",
+                          fix="point it at a MedMNIST-style .npz, e.g. bloodmnist.npz")
     if cls is ImageExperiment and block.get("official_test") and given != ["input"]:
         raise BioclsError("official_test needs an .npz input (its test split)",
                           where=f"{where}.official_test", fix="drop official_test")

@@ -2,8 +2,10 @@
 
 Cells: macro-F1 of the cell type and cell state heads, the factored model against the
 logistic-regression and joint baselines. Repertoires: ROC AUC over the folds (mean ± sd), the MIL
-model against the k-mer baseline. Every number is read from ``metrics.json`` (computed by
-``biocls evaluate``); nothing is recomputed here.
+model against the k-mer baseline. Images: macro-F1 of the shipped model against image only,
+fused, clinical only and logistic regression on pixels, and the patient-identity probe. Every
+number is read from ``metrics.json`` (computed by ``biocls evaluate``); nothing is recomputed
+here.
 """
 
 from __future__ import annotations
@@ -77,6 +79,29 @@ def headlines(metrics: Mapping[str, Any]) -> list[Headline]:
         model = f"MIL{f' ({pooling})' if pooling else ''} {_mean_sd(auc)}"
         return [Headline(exp, f"ROC AUC, mean ± sd over {n} folds", model,
                          (f"k-mer {_mean_sd(kmer)}",) if kmer else ())]
+    if task == "images":
+        rows = []
+        for head, name in HEADS.items():
+            if not isinstance(metrics.get(head), Mapping):
+                continue
+            others = tuple(f"{b} {_num((base.get(b) or {}).get(head, {}).get('macro_f1'))}"
+                           for b in ("image", "scratch", "fused", "clinical", "logreg")
+                           if head in (base.get(b) or {}))
+            rows.append(Headline(exp, f"{name} macro-F1",
+                                 f"shipped {_num(metrics[head].get('macro_f1'))}", others))
+        probe = metrics.get("patient_probe") or {}
+        if probe:
+            chance = (probe.get("image") or {}).get("chance")
+            rows.append(Headline(
+                exp, "patient probe accuracy", f"chance {_num(chance)}",
+                tuple(f"{n} {_num(p.get('accuracy'))}" for n, p in sorted(probe.items(),
+                                                                        reverse=True))))
+        test = metrics.get("official_test")
+        if isinstance(test, Mapping):
+            rows.append(Headline(exp, "official test split accuracy",
+                                 f"final model {_num(test.get('accuracy'))}",
+                                 (f"AUC {_num(test.get('roc_auc_ovr'))}",)))
+        return rows
     return [Headline(exp, f"(no headline figure for task {task!r})", "", ())]
 
 

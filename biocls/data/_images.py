@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -35,13 +36,15 @@ class ImageSet:
     obs: pd.DataFrame
     clinical: pd.DataFrame | None
     source: str
+    #: encoder weights to start from (``biocls pretrain``'s output), when the experiment transfers
+    pretrained: dict[str, Any] | None = None
 
     def __len__(self) -> int:
         return len(self.images)
 
     def subset(self, mask: np.ndarray) -> ImageSet:
         clin = None if self.clinical is None else self.clinical[mask]
-        return ImageSet(self.images[mask], self.obs[mask], clin, self.source)
+        return ImageSet(self.images[mask], self.obs[mask], clin, self.source, self.pretrained)
 
 
 def read_image_manifest(path: str | Path, *, image: str, patient: str | None,

@@ -59,8 +59,13 @@ class ImageClassifier(NetEstimator):
             cell_state: Sequence[Any] | None = None, clinical: np.ndarray | None = None, *,
             images_val: np.ndarray | None = None, cell_type_val: Sequence[str] | None = None,
             cell_state_val: Sequence[Any] | None = None, clinical_val: np.ndarray | None = None,
+            init_encoder: dict[str, torch.Tensor] | None = None,
             checkpoint_dir: str | Path | None = None) -> ImageClassifier:
-        """Fit on training images; early-stop on the validation images (whole patients)."""
+        """Fit on training images; early-stop on the validation images (whole patients).
+
+        ``init_encoder`` (an encoder's ``state_dict``, e.g. from :meth:`encoder_state` of a
+        model trained on another image set) starts the encoder from those weights: transfer.
+        """
         from monai.data import CacheDataset, DataLoader
 
         from biocls.preprocess._images import IMAGE, augment_transforms, eval_transforms
@@ -81,6 +86,9 @@ class ImageClassifier(NetEstimator):
             self.pairs_ = sorted({(int(t), int(s)) for t, s in zip(yt[ok], ys[ok], strict=True)})
         seed_everything(self.seed)
         self.net_ = self._build()
+        self.transferred_ = init_encoder is not None
+        if init_encoder is not None:
+            self.net_.encoder.load_state_dict(init_encoder)
         device = resolve_device(self.device)
         clin = (torch.zeros((len(yt), 0)) if clinical is None
                 else torch.as_tensor(np.asarray(clinical, dtype=np.float32)))
@@ -132,11 +140,18 @@ class ImageClassifier(NetEstimator):
                           desc=f"{self.encoder}/{self.head}" + ("+clinical" if self.n_clinical_
                                                                 else ""),
                           plateau=max(1, self.patience // 2))
-        signature = run_signature(self._training_params(), images, yt, ys, clin.numpy())
+        start = ([] if init_encoder is None else
+                 [np.concatenate([v.detach().cpu().numpy().ravel()[:64]
+                                  for v in init_encoder.values()])])
+        signature = run_signature(self._training_params(), images, yt, ys, clin.numpy(), *start)
         self.history_ = trainer.fit(self.net_, batches=batches, loss=loss, validate=validate,
                                     signature=signature)
         self.net_.to("cpu")
         return self
+
+    def encoder_state(self) -> dict[str, torch.Tensor]:
+        """The fitted encoder's weights, to start another model from (transfer)."""
+        return {k: v.detach().clone() for k, v in self._check_fitted().encoder.state_dict().items()}
 
     def _loss(self, out: dict[str, torch.Tensor], t: torch.Tensor, s: torch.Tensor,
               pair_of: torch.Tensor | None, *, validation: bool = False) -> torch.Tensor:
@@ -232,6 +247,7 @@ class ImageClassifier(NetEstimator):
         learned = {"types": self.types_, "states": self.states_,
                    "in_channels": self.in_channels_, "size": self.size_,
                    "n_clinical": self.n_clinical_, "pairs": getattr(self, "pairs_", None),
+                   "transferred": getattr(self, "transferred_", False),
                    "history": self.history_.as_dict()}
         self._write(directory, learned, meta)
 
@@ -244,6 +260,7 @@ class ImageClassifier(NetEstimator):
         self.types_, self.states_ = info["types"], info["states"]
         self.in_channels_, self.size_ = info["in_channels"], info["size"]
         self.n_clinical_ = info["n_clinical"]
+        self.transferred_ = bool(info.get("transferred", False))
         if info.get("pairs") is not None:
             self.pairs_ = [tuple(p) for p in info["pairs"]]
         self.history_ = TrainHistory(**info["history"])

@@ -34,7 +34,8 @@ BLUE, ORANGE, GREEN, VERMILLION, SKY, PURPLE, GREY = (
 MODEL_COLOURS = {"factored": BLUE, "joint": ORANGE, "logreg": GREEN, "model": BLUE, "k-mer": ORANGE,
                  # images: the comparisons of the clinical data and the patient probe
                  "image only": SKY, "clinical only": PURPLE, "image + clinical (fused)": VERMILLION,
-                 "probe accuracy": VERMILLION, "chance": GREY}
+                 "probe accuracy": VERMILLION, "chance": GREY, "from scratch": GREY,
+                 "pretrained": BLUE}
 
 _RC = {
     "font.size": 9,

@@ -981,6 +981,7 @@ _IMAGE_MODEL_NAMES = {
     "fused": "image + clinical (fused)",
     "clinical": "clinical only",
     "logreg": "logistic regression on pixels",
+    "scratch": "image only, from scratch",
 }
 
 
@@ -1035,7 +1036,21 @@ def _images_index(ctx: _Context) -> dict[str, Any]:
             "Patient-identity probe",
             "How often a linear probe on the model's embedding names the training patient of an "
             "image held back from training; chance is the commonest patient's share.")
+    transfer, transfer_figure = m.get("transfer"), None
+    if transfer:
+        table = {h: transfer["macro_f1"][h] for h in _HEADS if h in transfer["macro_f1"]}
+        transfer_figure = _figure(
+            _plots.grouped_bars([_HEADS[h] for h in table],
+                                {"from scratch": [table[h].get("scratch") for h in table],
+                                 "pretrained": [table[h].get("transfer") for h in table]},
+                                title="new patients: what pretraining adds",
+                                ylabel="macro-F1 (out of fold)"),
+            "From scratch and pretrained",
+            "Image-only macro-F1 on each fold's held-out patients, from scratch and starting from "
+            "the encoder pretrained on the other image set; same folds.")
     return {
+        "transfer": transfer,
+        "transfer_figure": transfer_figure,
         "summary": {"n_patients": m.get("n_patients", len(ctx.splits)),
                     "n_images": m.get("n_images"), "folds": m.get("folds"),
                     "pseudo_groups": m.get("pseudo_groups")},

@@ -56,6 +56,8 @@ class ImageFit:
 
     image: ImageClassifier
     fused: ImageClassifier | None = None
+    #: with pretraining, the image-only model trained from scratch on the same fold
+    scratch: ImageClassifier | None = None
     clinical_encoder: Any = None
     clinical: dict[str, Any] | None = None
     logreg: dict[str, Any] | None = None
@@ -82,6 +84,8 @@ class ImagesTask:
         data = self._read(exp)
         if exp.official_test:
             data = data.subset((data.obs["biocls_split"] != "test").to_numpy())
+        if exp.pretrain is not None and store is not None:  # splitting needs no encoder
+            data.pretrained = read_pretrained(store, exp)
         return data
 
     def _read(self, exp: ImageExperiment, splits: tuple[str, ...] = ("train", "val", "test")
@@ -111,6 +115,8 @@ class ImagesTask:
             checkpoint_dir: Path | None = None) -> ImageFit:
         """The image model, and with clinical columns the fused model, the clinical baseline and
         the patient probe; early stopping and the fusion choice use the validation patients."""
+        if exp.pretrain is not None and data.pretrained is None:
+            read_pretrained(None, exp)  # the one-line error: which folder to pass
         obs = data.obs
         fit_m, val_m, _ = plan.masks(self.patients(data))
         unseen = _unseen_mask(obs, exp)
@@ -126,16 +132,21 @@ class ImagesTask:
         y = {h: _labels(obs[train_m], h) for h in C.HEADS}
         y_val = {h: _labels(obs[val_m], h) for h in C.HEADS}
 
-        def train(clinical: np.ndarray | None, clinical_val: np.ndarray | None,
-                  name: str) -> ImageClassifier:
+        def train(clinical: np.ndarray | None, clinical_val: np.ndarray | None, name: str, *,
+                  transfer: bool = True) -> ImageClassifier:
             model = image_classifier(exp)
             return model.fit(data.images[train_m], y[C.CELL_TYPE], y[C.CELL_STATE], clinical,
                              images_val=data.images[val_m], cell_type_val=y_val[C.CELL_TYPE],
                              cell_state_val=y_val[C.CELL_STATE], clinical_val=clinical_val,
+                             init_encoder=data.pretrained if transfer else None,
                              checkpoint_dir=checkpoint_dir / name if checkpoint_dir else None)
 
         image = train(None, None, "image")
-        fitted = ImageFit(image, info={"fold": plan.fold, "history": image.history_.as_dict()})
+        fitted = ImageFit(image, info={"fold": plan.fold, "history": image.history_.as_dict(),
+                                       "transfer": data.pretrained is not None})
+        if data.pretrained is not None and not plan.final:
+            # the same fold from scratch: what the pretraining is compared with
+            fitted.scratch = train(None, None, "scratch", transfer=False)
         if has_clinical:
             from biocls.preprocess._clinical import ClinicalEncoder
 
@@ -191,6 +202,8 @@ class ImagesTask:
             pred[C.pred_col(head)] = np.asarray(vocab[head])[p.argmax(1)]
             pred[C.confidence_col(head)] = p.max(1)
         calls = {"image": fitted.image.predict(test.images)}
+        if fitted.scratch is not None:
+            calls["scratch"] = fitted.scratch.predict(test.images)
         if fitted.fused is not None:
             calls["fused"] = fitted.fused.predict(test.images, clin)
             calls["clinical"] = {h: m.predict(clin) for h, m in fitted.clinical.items()}
@@ -260,6 +273,8 @@ class ImagesTask:
         metrics["unseen_combinations"] = []
         metrics["confusion"] = confusion_tables(pred)
         metrics["patient_details"] = patient_details(pred)
+        if exp.pretrain is not None:
+            metrics["transfer"] = transfer_summary(metrics, heads, exp)
         if exp.keys.clinical:
             metrics["fusion"] = fusion_summary(metrics, infos, heads, exp.model.fusion)
             metrics["patient_probe"] = probe_summary(infos)
@@ -304,6 +319,72 @@ class ImagesTask:
             out[f"biocls_{head}_confidence"] = p.max(1)
         with atomic_path(output) as tmp:
             write_tsv(tmp, out)
+
+
+def pretrain(exp: ImageExperiment, out: Path) -> None:
+    """``biocls pretrain``: train the encoder on ``pretrain.input``'s labels (its train split;
+    its val split stops early) at the experiment's image size and channel count, and write its
+    weights (``encoder.pt``) and what it reached (``pretrain.json``) into ``out``."""
+    import torch
+
+    assert exp.pretrain is not None
+    pre = exp.pretrain
+    target = ImagesTask()._read(exp)
+    channels = int(target.images.shape[1])
+    src = read_image_npz(pre.input, size=exp.model.size, pseudo_patients=2, seed=exp.seed,
+                         splits=("train", "val"))
+    images = _match_channels(src.images, channels)
+    train_m = (src.obs["biocls_split"] == "train").to_numpy()
+    if pre.max_images is not None and train_m.sum() > pre.max_images:
+        keep = np.random.default_rng([exp.seed, 9_303]).choice(
+            np.flatnonzero(train_m), size=pre.max_images, replace=False)
+        train_m = np.isin(np.arange(len(train_m)), keep)
+    val_m = (src.obs["biocls_split"] == "val").to_numpy()
+    labels = src.obs["biocls_cell_type"].to_numpy(dtype=object)
+    model = image_classifier(exp)
+    model.set_params(max_epochs=pre.max_epochs)
+    model.fit(images[train_m], labels[train_m], images_val=images[val_m],
+              cell_type_val=labels[val_m])
+    acc = float(np.mean(model.predict(images[val_m])[C.CELL_TYPE] == labels[val_m].astype(str)))
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        torch.save(model.encoder_state(), tmp / "encoder.pt")
+        write_json(tmp / "pretrain.json", {
+            "source": pre.input, "n_train": int(train_m.sum()), "n_val": int(val_m.sum()),
+            "classes": model.types_, "val_accuracy": acc, "channels": channels,
+            "size": exp.model.size, "encoder": exp.model.encoder,
+            "history": model.history_.as_dict()})
+    log.info("pretrained the %s encoder on %d images of %s: validation accuracy %.3f",
+             exp.model.encoder, int(train_m.sum()), pre.input, acc)
+
+
+def read_pretrained(store: Path | None, exp: ImageExperiment) -> Any:
+    """The encoder weights ``biocls pretrain`` wrote (``--store`` of ``biocls train``)."""
+    import torch
+
+    if store is None:
+        raise BioclsError("this experiment has a pretrain: block, but no pretrained encoder was "
+                          "given", where="--store",
+                          fix="run `biocls pretrain` and pass its folder as --store")
+    path = Path(store) / "encoder.pt"
+    if not path.exists():
+        raise BioclsError("no encoder.pt", where=str(store),
+                          fix="pass the folder `biocls pretrain --out` wrote")
+    info = json.loads((Path(store) / "pretrain.json").read_text())
+    if info.get("encoder") != exp.model.encoder or info.get("size") != exp.model.size:
+        raise BioclsError(f"pretrained a {info.get('encoder')} at {info.get('size')} px; this "
+                          f"experiment trains a {exp.model.encoder} at {exp.model.size} px",
+                          where=str(store), fix="run `biocls pretrain` again for this experiment")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _match_channels(images: np.ndarray, channels: int) -> np.ndarray:
+    """Grey ↔ colour so that a pretraining set fits the target's channel count."""
+    if images.shape[1] == channels:
+        return images
+    if channels == 1:
+        return np.rint(images.mean(1, keepdims=True)).astype(np.uint8)
+    return np.repeat(images, channels, axis=1)
 
 
 def image_classifier(exp: ImageExperiment) -> ImageClassifier:
@@ -376,6 +457,29 @@ def fusion_summary(metrics: dict[str, Any], infos: list[dict[str, Any]], heads: 
     return {"macro_f1": table, "setting": setting, "verdict": verdict,
             "chosen_by_fold": [i.get("fusion_chosen") for i in infos],
             "validation_error_by_fold": [i.get("fusion_validation_error") for i in infos]}
+
+
+def transfer_summary(metrics: dict[str, Any], heads: list[str],
+                     exp: ImageExperiment) -> dict[str, Any]:
+    """Image-only macro-F1 from scratch and after pretraining, per head, on the same folds."""
+    table = {h: {"scratch": metrics["baselines"].get("scratch", {}).get(h, {}).get("macro_f1"),
+                 "transfer": metrics["baselines"].get("image", {}).get(h, {}).get("macro_f1")}
+             for h in heads}
+    rows = {h: t for h, t in table.items() if None not in t.values()}
+    gains = [t["transfer"] - t["scratch"] for t in rows.values()]
+    if gains and min(gains) >= -FUSION_MARGIN and max(gains) >= FUSION_MARGIN:
+        verdict = "Pretraining helped on new patients"
+    elif gains and max(gains) <= FUSION_MARGIN and min(gains) <= -FUSION_MARGIN:
+        verdict = "Pretraining did not help on new patients: it lowered macro-F1"
+    elif gains and min(gains) <= -FUSION_MARGIN:
+        verdict = "Pretraining helped one head and hurt the other on new patients"
+    else:
+        verdict = "Pretraining made no clear difference on new patients (within one point)"
+    verdict += ": " + "; ".join(
+        f"{h.replace('_', ' ')} {t['transfer']:.3f} pretrained vs {t['scratch']:.3f} from "
+        "scratch" for h, t in rows.items()) + "."
+    assert exp.pretrain is not None
+    return {"macro_f1": table, "source": exp.pretrain.input, "verdict": verdict}
 
 
 def probe_summary(infos: list[dict[str, Any]]) -> dict[str, Any]:

@@ -57,11 +57,13 @@ rule split_cells:
 
 rule train_cells:
     input:
+        unpack(pretrained_input),
         data=cells_input,
         splits="results/{exp}/splits.tsv",
     output:
         "results/{exp}/folds/{fold}/predictions.tsv",
     params:
+        store=store_arg,
         spec=step_spec("train"),
         out="results/{exp}/folds/{fold}",
         ckpt="results/{exp}/checkpoints/{fold}",
@@ -75,16 +77,18 @@ rule train_cells:
         runtime=120,
     shell:
         "biocls train --spec {params.spec:q} --splits {input.splits} --fold {wildcards.fold} "
-        "--out {params.out} --checkpoints {params.ckpt} --threads {threads} 2> {log}"
+        "--out {params.out} --checkpoints {params.ckpt} {params.store} --threads {threads} 2> {log}"
 
 
 rule train_cells_final:
     input:
+        unpack(pretrained_input),
         data=cells_input,
         splits="results/{exp}/splits.tsv",
     output:
         directory("results/{exp}/model"),
     params:
+        store=store_arg,
         spec=step_spec("final"),
         ckpt="results/{exp}/checkpoints/final",
     log:
@@ -97,7 +101,7 @@ rule train_cells_final:
         runtime=120,
     shell:
         "biocls train --spec {params.spec:q} --splits {input.splits} --fold final "
-        "--out {output} --checkpoints {params.ckpt} --threads {threads} 2> {log}"
+        "--out {output} --checkpoints {params.ckpt} {params.store} --threads {threads} 2> {log}"
 
 
 rule evaluate_cells:

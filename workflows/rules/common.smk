@@ -70,6 +70,18 @@ def cells_input(wildcards):
     return exp.input if exp.task == "cells" else (exp.manifest or exp.input)
 
 
+def pretrained_input(wildcards):
+    """An images experiment with a pretrain: block trains from `biocls pretrain`'s encoder."""
+    exp = EXPS[wildcards.exp]
+    if exp.task == "images" and exp.pretrain is not None:
+        return {"store": f"results/{wildcards.exp}/pretrained"}
+    return {}
+
+
+def store_arg(wildcards, input):
+    return f"--store {input.store}" if "store" in input.keys() else ""
+
+
 def official_test_input(exp):
     """An images experiment scored on an .npz's official test split reads the final model."""
     if EXPS[exp].task == "images" and EXPS[exp].official_test:

@@ -18,3 +18,22 @@ rule simulate_images:
         runtime=30,
     shell:
         "biocls simulate images --params {params.sim:q} --out {params.out} 2> {log}"
+
+
+rule pretrain_images:
+    input:
+        data=cells_input,
+    output:
+        directory("results/{exp}/pretrained"),
+    params:
+        spec=step_spec("pretrain"),
+    log:
+        "logs/{exp}/pretrain.log",
+    wildcard_constraints:
+        exp=_alt(IMAGES),
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    shell:
+        "biocls pretrain --spec {params.spec:q} --out {output} --threads {threads} 2> {log}"
