@@ -4,7 +4,8 @@
     python benchmarks/images_bloodmnist.py --encoders resnet vit mixer --json out.json
     python benchmarks/images_bloodmnist.py --model '{"widths": [24, 48, 96, 192]}'
     python benchmarks/images_bloodmnist.py --quick                  # smoke run, < 1 minute
-    python benchmarks/images_bloodmnist.py --no-test                # tune: val split only
+    python benchmarks/images_bloodmnist.py --no-test --save DIR     # tune: val split only
+    python benchmarks/images_bloodmnist.py --load DIR               # then test the chosen one
 
 Official splits: ``ImageClassifier`` trains on ``train`` (11,959 images) and early-stops on
 ``val`` (1,712); ``test`` (3,421) is evaluated once, after the fit. Per encoder: val and test
@@ -86,10 +87,14 @@ def stage_encoder(args: argparse.Namespace) -> dict:
     params.update(json.loads(args.model) if args.model else {})
     if "widths" in params:
         params["widths"] = tuple(params["widths"])
-    clf = ImageClassifier(**params)
-    t = time.perf_counter()
-    clf.fit(xt, yt, images_val=xv, cell_type_val=yv)
-    train_s = time.perf_counter() - t
+    if args.load:  # a model fitted by an earlier (--no-test --save) run: evaluate it only
+        clf = ImageClassifier.load(Path(args.load) / args.encoder)
+        train_s = clf.meta_.get("train_s", float("nan"))
+    else:
+        clf = ImageClassifier(**params)
+        t = time.perf_counter()
+        clf.fit(xt, yt, images_val=xv, cell_type_val=yv)
+        train_s = time.perf_counter() - t
     epochs = len(clf.history_.train_loss)
     types = clf.types_
     pv = clf.predict_proba(xv)["cell_type"]
@@ -111,7 +116,7 @@ def stage_encoder(args: argparse.Namespace) -> dict:
         clf.predict_proba(xv)
         out["infer_img_s"] = len(xv) / (time.perf_counter() - t)
     if args.save:
-        clf.save(Path(args.save) / args.encoder)
+        clf.save(Path(args.save) / args.encoder, meta={"train_s": train_s})
     out["peak_rss_gib"] = peak_rss_gib()
     return out
 
@@ -193,6 +198,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, help="write all results here")
     p.add_argument("--save", type=Path, default=None, help="save each fitted model under here")
+    p.add_argument("--load", type=Path, default=None,
+                   help="evaluate models saved by --save under here instead of fitting")
     p.add_argument("--quick", action="store_true",
                    help="tiny subsets and 2 epochs: a smoke run in under a minute")
     p.add_argument("--no-test", action="store_true",

@@ -1066,8 +1066,34 @@ def _images_index(ctx: _Context) -> dict[str, Any]:
     }
 
 
+def _images_load(results_dir: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    data = _cells_load(results_dir, metrics)
+    gallery = _read_optional(results_dir / "gallery.tsv", [C.PATIENT, "kind", "image_png"])
+    data["gallery"] = ({} if gallery is None
+                       else dict(tuple(gallery.groupby(C.PATIENT, sort=False))))
+    return data
+
+
+def _images_patient(ctx: _Context, patient: str) -> dict[str, Any]:
+    """The cells patient page, plus the gallery: confident mistakes and least confident images,
+    each beside its saliency overlay."""
+    out = _cells_patient(ctx, patient)
+    g = ctx.data["gallery"].get(patient)
+    groups: dict[str, list[dict[str, Any]]] = {}
+    if g is not None:
+        for r in g.itertuples(index=False):
+            row = r._asdict()
+            groups.setdefault(row["kind"], []).append({
+                "image": row.get(C.IMAGE), "true": row.get(C.true_col(C.CELL_TYPE)),
+                "pred": row.get(C.pred_col(C.CELL_TYPE)),
+                "confidence": row.get(C.confidence_col(C.CELL_TYPE)),
+                "image_png": row["image_png"], "saliency_png": row.get("saliency_png")})
+    out["gallery"] = groups
+    return out
+
+
 _SECTIONS: dict[str, _Section] = {
     "cells": _Section(_cells_load, _cells_index, _cells_patient),
-    "images": _Section(_cells_load, _images_index, _cells_patient),
+    "images": _Section(_images_load, _images_index, _images_patient),
     "repertoires": _Section(_repertoires_load, _repertoires_index, _repertoires_patient),
 }

@@ -73,7 +73,9 @@ class ImagesTask:
 
     name: ClassVar[str] = "images"
     items: ClassVar[str] = "images"
-    tables: ClassVar[tuple[str, ...]] = ("predictions",)
+    #: ``gallery``: per patient, the most confident mistakes and the least confident images,
+    #: as PNGs with their saliency overlays (base64), for the patient pages
+    tables: ClassVar[tuple[str, ...]] = ("predictions", "gallery")
     encoded: ClassVar[bool] = False
     patient_labels: ClassVar[bool] = False
 
@@ -216,7 +218,8 @@ class ImagesTask:
         for head, p in proba.items():
             for j, cls in enumerate(vocab[head]):
                 pred[C.prob_col(head, cls)] = p[:, j]
-        return FoldResult({"predictions": pred}, dict(fitted.info))
+        gallery = _gallery(pred, test, shipped, clin if shipped is fitted.fused else None)
+        return FoldResult({"predictions": pred, "gallery": gallery}, dict(fitted.info))
 
     def save(self, exp: ImageExperiment, fitted: ImageFit, data: ImageSet, plan: FoldPlan,
              directory: Path) -> None:
@@ -523,6 +526,40 @@ def _probe_images(obs: pd.DataFrame, fit_m: np.ndarray, fraction: float,
         if 0 < k < len(idx):
             out[rng.choice(idx, size=k, replace=False)] = True
     return out
+
+
+#: images per patient and kind in the report's gallery
+GALLERY_SIZE = 4
+GALLERY_COLUMNS = [C.CELL_ID, C.PATIENT, C.FOLD, C.IMAGE, "kind", C.true_col(C.CELL_TYPE),
+                   C.pred_col(C.CELL_TYPE), C.confidence_col(C.CELL_TYPE), "image_png",
+                   "saliency_png"]
+
+
+def _gallery(pred: pd.DataFrame, test: ImageSet, model: ImageClassifier,
+             clinical: np.ndarray | None, *, size: int = GALLERY_SIZE) -> pd.DataFrame:
+    """Per patient: the ``size`` most confident cell-type mistakes and the ``size`` least
+    confident images, each with a Grad-CAM or occlusion overlay for the type it was called."""
+    from biocls.saliency import overlay_png, saliency_maps
+
+    conf = pred[C.confidence_col(C.CELL_TYPE)].to_numpy()
+    wrong = (pred[C.pred_col(C.CELL_TYPE)].astype(str)
+             != pred[C.true_col(C.CELL_TYPE)].astype(str)).to_numpy()
+    rows: list[tuple[int, str]] = []
+    for _, idx in pred.groupby(C.PATIENT, sort=False).indices.items():
+        mistakes = idx[wrong[idx]]
+        mistakes = mistakes[np.argsort(-conf[mistakes])][:size]
+        rows += [(int(i), "confident mistake") for i in mistakes]
+        rows += [(int(i), "least confident") for i in idx[np.argsort(conf[idx])][:size]]
+    if not rows:
+        return pd.DataFrame(columns=GALLERY_COLUMNS)
+    at = np.array([i for i, _ in rows])
+    maps = saliency_maps(model, test.images[at], None if clinical is None else clinical[at])
+    out = pred.iloc[at][[C.CELL_ID, C.PATIENT, C.FOLD, C.IMAGE, C.true_col(C.CELL_TYPE),
+                         C.pred_col(C.CELL_TYPE), C.confidence_col(C.CELL_TYPE)]].copy()
+    out.insert(4, "kind", [k for _, k in rows])
+    out["image_png"] = [overlay_png(test.images[i]) for i in at]
+    out["saliency_png"] = [overlay_png(test.images[i], m) for i, m in zip(at, maps, strict=True)]
+    return out[GALLERY_COLUMNS].reset_index(drop=True)
 
 
 def _error(calls: dict[str, np.ndarray], truth: dict[str, np.ndarray | None]) -> float:
