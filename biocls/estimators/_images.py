@@ -19,13 +19,19 @@ from biocls.train import Trainer, TrainHistory, resolve_device, run_signature, s
 
 __all__ = ["ImageClassifier"]
 
+#: ``"plateau"``: halve the learning rate after ``patience // 2`` epochs without improvement
+#: (restarting from the best weights); ``"cosine"``: anneal it from ``lr`` to 0 over
+#: ``max_epochs`` epochs, step by step (early stopping still keeps the best epoch's weights).
+LR_SCHEDULES = ("plateau", "cosine")
+
 
 class ImageClassifier(NetEstimator):
     """Cell type and (optional) cell state from images ``[N, C, H, W]`` uint8.
 
     Parameters mirror :class:`biocls.config.ImageModel`. ``clinical`` features given to
     :meth:`fit` are fused late (:class:`biocls.models._images.ImageNet`) and must then be given
-    to :meth:`predict_proba` too.
+    to :meth:`predict_proba` too. ``lr_schedule`` (one of :data:`LR_SCHEDULES`, not in the config
+    yet) picks the learning-rate schedule: ``"plateau"`` (the default) or ``"cosine"``.
     """
 
     KIND: ClassVar[str] = "ImageClassifier"
@@ -35,8 +41,8 @@ class ImageClassifier(NetEstimator):
                  widths: tuple[int, ...] = (16, 32, 64, 128), patch: int = 4, dim: int = 128,
                  depth: int = 4, augment: bool = True, dropout: float = 0.1, lr: float = 0.002,
                  weight_decay: float = 1e-4, batch_size: int = 128, max_epochs: int = 30,
-                 patience: int = 6, device: str = "auto", seed: int = 0,
-                 progress: bool = True) -> None:
+                 patience: int = 6, lr_schedule: str = "plateau", device: str = "auto",
+                 seed: int = 0, progress: bool = True) -> None:
         self.encoder = encoder
         self.head = head
         self.widths = widths
@@ -50,6 +56,7 @@ class ImageClassifier(NetEstimator):
         self.batch_size = batch_size
         self.max_epochs = max_epochs
         self.patience = patience
+        self.lr_schedule = lr_schedule
         self.device = device
         self.seed = seed
         self.progress = progress
@@ -72,6 +79,9 @@ class ImageClassifier(NetEstimator):
 
         if self.encoder not in IMAGE_ENCODERS:
             raise ValueError(f"encoder must be one of {IMAGE_ENCODERS}, got {self.encoder!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, "
+                             f"got {self.lr_schedule!r}")
         images = _check_images(images)
         self.types_ = sorted(set(map(str, cell_type)))
         known = ([] if cell_state is None
@@ -139,13 +149,22 @@ class ImageClassifier(NetEstimator):
                           checkpoint_dir=checkpoint_dir, progress=self.progress,
                           desc=f"{self.encoder}/{self.head}" + ("+clinical" if self.n_clinical_
                                                                 else ""),
-                          plateau=max(1, self.patience // 2))
+                          plateau=(max(1, self.patience // 2) if self.lr_schedule == "plateau"
+                                   else None))
         start = ([] if init_encoder is None else
                  [np.concatenate([v.detach().cpu().numpy().ravel()[:64]
                                   for v in init_encoder.values()])])
         signature = run_signature(self._training_params(), images, yt, ys, clin.numpy(), *start)
-        self.history_ = trainer.fit(self.net_, batches=batches, loss=loss, validate=validate,
-                                    signature=signature)
+        steps = self.max_epochs * (len(dataset) // self.batch_size if len(dataset) >
+                                   self.batch_size else 1)
+        hook = (_cosine_lr(self.net_, self.lr, steps) if self.lr_schedule == "cosine"
+                else None)
+        try:
+            self.history_ = trainer.fit(self.net_, batches=batches, loss=loss,
+                                        validate=validate, signature=signature)
+        finally:
+            if hook is not None:
+                hook.remove()
         self.net_.to("cpu")
         return self
 
@@ -269,6 +288,31 @@ class ImageClassifier(NetEstimator):
         self.net_.load_state_dict(state)
         self.net_.eval()
         return self
+
+
+def _cosine_lr(net: nn.Module, lr: float, total_steps: int) -> Any:
+    """Anneal the learning rate of the optimizer that steps ``net`` from ``lr`` to 0 (cosine)
+    over ``total_steps``; returns the hook's handle (``.remove()`` it after the fit).
+
+    The :class:`~biocls.train.Trainer` owns its optimizer, so a global step pre-hook sets the
+    rate, only for an optimizer holding ``net``'s parameters. The step comes from the
+    optimizer's own state, so a run resumed from a checkpoint continues the schedule.
+    """
+    import math
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    first = next(net.parameters())
+
+    def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if not any(p is first for g in opt.param_groups for p in g["params"]):
+            return
+        step = float(opt.state[first]["step"]) if "step" in opt.state.get(first, {}) else 0.0
+        rate = 0.5 * lr * (1.0 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
+        for group in opt.param_groups:
+            group["lr"] = rate
+
+    return register_optimizer_step_pre_hook(hook)
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:
