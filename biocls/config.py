@@ -259,6 +259,9 @@ class ImageModel:
     batch_size: int = opt(128, "images per update", minimum=2)
     max_epochs: int = opt(30, "epochs at most", minimum=1)
     patience: int = opt(6, "epochs without validation improvement before stopping", minimum=1)
+    lr_schedule: Literal["plateau", "cosine"] = opt(
+        "plateau", "halve the learning rate when validation stalls (plateau), or decay it to 0 "
+                   "over max_epochs (cosine)")
     fusion: Literal["auto", "always", "never"] = opt(
         "auto", "with keys.clinical: the model that ships and predicts reads image and clinical "
                 "data (always), the image alone (never), or whichever errs less on each fold's "

@@ -111,13 +111,18 @@ class Trainer:
     plateau
         Halve the learning rate after this many epochs without improvement (default: never),
         restarting from the best weights so far: lets a model settle into the optimum it found.
+    schedule
+        The learning rate of each update as a factor of ``lr``, given the number of updates made
+        so far (e.g. a cosine decay); it is counted in the checkpoint, so a resumed run continues
+        it. Use it instead of ``plateau``.
     """
 
     def __init__(self, *, max_epochs: int = 100, patience: int = 10, lr: float = 1e-3,
                  weight_decay: float = 0.0, device: str | torch.device = "auto", seed: int = 0,
                  checkpoint_dir: str | Path | None = None, progress: bool = True,
                  desc: str = "train", grad_clip: float | None = 5.0,
-                 plateau: int | None = None) -> None:
+                 plateau: int | None = None,
+                 schedule: Callable[[int], float] | None = None) -> None:
         self.max_epochs = max_epochs
         self.patience = patience
         self.lr = lr
@@ -129,6 +134,7 @@ class Trainer:
         self.desc = desc
         self.grad_clip = grad_clip
         self.plateau = plateau
+        self.schedule = schedule
 
     def fit(
         self,
@@ -156,6 +162,7 @@ class Trainer:
         best_state = copy.deepcopy(module.state_dict())
         bad = 0
         start = 0
+        updates = 0
         ckpt = Path(self.checkpoint_dir) / CHECKPOINT if self.checkpoint_dir else None
         state = None
         if ckpt is not None and ckpt.exists():
@@ -169,6 +176,7 @@ class Trainer:
             opt.load_state_dict(state["optimizer"])
             best_state = state["best_state"]
             bad = int(state["bad_epochs"])
+            updates = int(state.get("updates", 0))
             hist = TrainHistory(**{**state["history"], "resumed_from": int(state["epoch"])})
             start = int(state["epoch"])
             log.info("%s: resuming from %s after epoch %d", self.desc, ckpt, start)
@@ -189,7 +197,11 @@ class Trainer:
                     value.backward()
                     if self.grad_clip:
                         nn.utils.clip_grad_norm_(module.parameters(), self.grad_clip)
+                    if self.schedule is not None:
+                        for group in opt.param_groups:
+                            group["lr"] = self.lr * self.schedule(updates)
                     opt.step()
+                    updates += 1
                     total += float(value.detach())
                     n += 1
                 train_loss = total / max(n, 1)
@@ -213,7 +225,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{score:.4f}", refresh=False)
                 bar.update(1)
                 if ckpt is not None:
-                    self._save(ckpt, module, opt, best_state, bad, hist, epoch + 1, signature)
+                    self._save(ckpt, module, opt, best_state, bad, hist, epoch + 1, signature,
+                               updates)
         finally:
             bar.close()
         module.load_state_dict(best_state)
@@ -225,8 +238,8 @@ class Trainer:
     @staticmethod
     def _save(path: Path, module: nn.Module, opt: torch.optim.Optimizer,
               best_state: dict[str, torch.Tensor], bad: int, hist: TrainHistory,
-              epoch: int, signature: str) -> None:
-        state = {"signature": signature, "module": module.state_dict(),
+              epoch: int, signature: str, updates: int = 0) -> None:
+        state = {"signature": signature, "module": module.state_dict(), "updates": updates,
                  "optimizer": opt.state_dict(),
                  "best_state": best_state, "bad_epochs": bad, "epoch": epoch,
                  "history": {k: v for k, v in hist.as_dict().items() if k != "resumed_from"}}

@@ -303,3 +303,24 @@ def test_predict_on_a_manifest(manifest: Path, tmp_path: Path) -> None:
         task.predict_file(tmp_path / "model", manifest.parent / "no_age.tsv",
                           tmp_path / "out2.tsv")
     assert not (tmp_path / "out2.tsv").exists()
+
+
+def test_trainer_schedule_sets_each_update_and_is_counted_in_the_checkpoint(
+        tmp_path: Path) -> None:
+    from biocls.train import CHECKPOINT, Trainer
+
+    net = torch.nn.Linear(3, 1)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+
+    def batches(rng: np.random.Generator):
+        yield from ((x[i:i + 4], y[i:i + 4]) for i in (0, 4))
+
+    def loss(module: torch.nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        return ((module(batch[0]) - batch[1]) ** 2).mean()
+
+    Trainer(max_epochs=3, patience=10, lr=0.1, progress=False, checkpoint_dir=tmp_path,
+            schedule=lambda u: 1.0 / (u + 1)).fit(net, batches=batches, loss=loss)
+    state = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert state["updates"] == 6
+    # the last update (the 6th, u = 5) ran at lr · schedule(5)
+    assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.1 / 6)

@@ -3,6 +3,7 @@ clinical features, trained by the shared :class:`~biocls.train.Trainer`."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -30,8 +31,9 @@ class ImageClassifier(NetEstimator):
 
     Parameters mirror :class:`biocls.config.ImageModel`. ``clinical`` features given to
     :meth:`fit` are fused late (:class:`biocls.models._images.ImageNet`) and must then be given
-    to :meth:`predict_proba` too. ``lr_schedule`` (one of :data:`LR_SCHEDULES`, not in the config
-    yet) picks the learning-rate schedule: ``"plateau"`` (the default) or ``"cosine"``.
+    to :meth:`predict_proba` too. ``lr_schedule`` (one of :data:`LR_SCHEDULES`) picks the
+    learning-rate schedule: halving on a plateau of the validation score, or a cosine decay to 0
+    over ``max_epochs`` (then early stopping only keeps the best epoch).
     """
 
     KIND: ClassVar[str] = "ImageClassifier"
@@ -144,27 +146,25 @@ class ImageClassifier(NetEstimator):
                 return wrong / max(n, 1) + 1e-3 * float(self._loss(out, t, s, None,
                                                                    validation=True))
 
+        steps = self.max_epochs * max(1, len(dataset) // self.batch_size)
+
+        def cosine(update: int) -> float:
+            return 0.5 * (1.0 + math.cos(math.pi * min(update, steps) / steps))
+
+        cos = self.lr_schedule == "cosine"
         trainer = Trainer(max_epochs=self.max_epochs, patience=self.patience, lr=self.lr,
                           weight_decay=self.weight_decay, device=device, seed=self.seed,
                           checkpoint_dir=checkpoint_dir, progress=self.progress,
                           desc=f"{self.encoder}/{self.head}" + ("+clinical" if self.n_clinical_
                                                                 else ""),
-                          plateau=(max(1, self.patience // 2) if self.lr_schedule == "plateau"
-                                   else None))
+                          plateau=None if cos else max(1, self.patience // 2),
+                          schedule=cosine if cos else None)
         start = ([] if init_encoder is None else
                  [np.concatenate([v.detach().cpu().numpy().ravel()[:64]
                                   for v in init_encoder.values()])])
         signature = run_signature(self._training_params(), images, yt, ys, clin.numpy(), *start)
-        steps = self.max_epochs * (len(dataset) // self.batch_size if len(dataset) >
-                                   self.batch_size else 1)
-        hook = (_cosine_lr(self.net_, self.lr, steps) if self.lr_schedule == "cosine"
-                else None)
-        try:
-            self.history_ = trainer.fit(self.net_, batches=batches, loss=loss,
-                                        validate=validate, signature=signature)
-        finally:
-            if hook is not None:
-                hook.remove()
+        self.history_ = trainer.fit(self.net_, batches=batches, loss=loss, validate=validate,
+                                    signature=signature)
         self.net_.to("cpu")
         return self
 
@@ -288,31 +288,6 @@ class ImageClassifier(NetEstimator):
         self.net_.load_state_dict(state)
         self.net_.eval()
         return self
-
-
-def _cosine_lr(net: nn.Module, lr: float, total_steps: int) -> Any:
-    """Anneal the learning rate of the optimizer that steps ``net`` from ``lr`` to 0 (cosine)
-    over ``total_steps``; returns the hook's handle (``.remove()`` it after the fit).
-
-    The :class:`~biocls.train.Trainer` owns its optimizer, so a global step pre-hook sets the
-    rate, only for an optimizer holding ``net``'s parameters. The step comes from the
-    optimizer's own state, so a run resumed from a checkpoint continues the schedule.
-    """
-    import math
-
-    from torch.optim.optimizer import register_optimizer_step_pre_hook
-
-    first = next(net.parameters())
-
-    def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-        if not any(p is first for g in opt.param_groups for p in g["params"]):
-            return
-        step = float(opt.state[first]["step"]) if "step" in opt.state.get(first, {}) else 0.0
-        rate = 0.5 * lr * (1.0 + math.cos(math.pi * min(step / max(total_steps, 1), 1.0)))
-        for group in opt.param_groups:
-            group["lr"] = rate
-
-    return register_optimizer_step_pre_hook(hook)
 
 
 def _check_images(images: np.ndarray) -> np.ndarray:

@@ -396,7 +396,8 @@ def image_classifier(exp: ImageExperiment) -> ImageClassifier:
     return ImageClassifier(encoder=m.encoder, widths=tuple(m.widths), patch=m.patch, dim=m.dim,
                            depth=m.depth, augment=m.augment, dropout=m.dropout, lr=m.lr,
                            weight_decay=m.weight_decay, batch_size=m.batch_size,
-                           max_epochs=m.max_epochs, patience=m.patience, device=m.device,
+                           max_epochs=m.max_epochs, patience=m.patience,
+                           lr_schedule=m.lr_schedule, device=m.device,
                            seed=exp.seed, progress=exp.progress)
 
 
