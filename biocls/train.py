@@ -225,8 +225,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{train_loss:.4f}", val=f"{score:.4f}", refresh=False)
                 bar.update(1)
                 if ckpt is not None:
-                    self._save(ckpt, module, opt, best_state, bad, hist, epoch + 1, signature,
-                               updates)
+                    self._save(ckpt, module, opt, best_state, bad, hist, updates, epoch + 1,
+                               signature)
         finally:
             bar.close()
         module.load_state_dict(best_state)
@@ -238,7 +238,7 @@ class Trainer:
     @staticmethod
     def _save(path: Path, module: nn.Module, opt: torch.optim.Optimizer,
               best_state: dict[str, torch.Tensor], bad: int, hist: TrainHistory,
-              epoch: int, signature: str, updates: int = 0) -> None:
+              updates: int, epoch: int, signature: str) -> None:
         state = {"signature": signature, "module": module.state_dict(), "updates": updates,
                  "optimizer": opt.state_dict(),
                  "best_state": best_state, "bad_epochs": bad, "epoch": epoch,

@@ -318,8 +318,8 @@ def test_user_errors_before_writing(tmp_path: Path) -> None:
     (results / "predictions.tsv").unlink()
     with pytest.raises(BioclsError, match="predictions.tsv"):
         render_reports(results)
-    (results / "metrics.json").write_text(json.dumps({"task": "images"}))
-    with pytest.raises(BioclsError, match="unknown task 'images'"):
+    (results / "metrics.json").write_text(json.dumps({"task": "spectra"}))
+    with pytest.raises(BioclsError, match="unknown task 'spectra'"):
         render_reports(results)
     assert not (results / "reports").exists()
 

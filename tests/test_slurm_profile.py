@@ -15,8 +15,8 @@ from snakemake_run import run_snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "configs" / "profiles" / "slurm"
-TRAINING = {"train_cells", "train_cells_final", "certify_cells", "train_repertoires",
-            "train_repertoires_final"}
+TRAINING = {"train_cells", "train_cells_final", "certify_cells", "pretrain_images",
+            "train_repertoires", "train_repertoires_final"}
 def profile(text: str | None = None) -> dict:
     return yaml.safe_load(text if text is not None else (PROFILE / "config.yaml").read_text())
 
