@@ -64,7 +64,7 @@ from biocls.preprocess import is_raw_counts
 from biocls.simulate import simulate_cells
 from biocls.splits import FoldPlan, plan_fold
 from biocls.tasks import cross_validate, fit_fold
-from biocls.tasks.cells import CellsTask, _unseen_mask
+from biocls.tasks.cells import CellsTask, unseen_mask
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUPS = ("tuning", "evaluation")
@@ -306,7 +306,7 @@ def celltypist_predict(data: ad.AnnData, plans: list[FoldPlan],
         sc.pp.log1p(X)
     obs = data.obs
     patients = obs["biocls_patient"].astype(str).to_numpy()
-    unseen = _unseen_mask(obs, exp)  # the cells biocls's own fits withhold
+    unseen = unseen_mask(obs, exp)  # the cells biocls's own fits withhold
     seed = exp.seed
     frames = []
     for plan in plans:

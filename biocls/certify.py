@@ -130,7 +130,7 @@ def certify(exp: CellExperiment, *, model: Path, out: Path) -> dict[str, Any]:
     on the held-out patients, ``E_S``, ``E_S~``, ``E_S~C`` and the model's signature."""
     from biocls._provenance import model_signature
     from biocls.splits import check_no_leak
-    from biocls.tasks.cells import RATT_FILE, CellsTask, _unseen_mask, load_cell_model
+    from biocls.tasks.cells import RATT_FILE, CellsTask, load_cell_model, unseen_mask
 
     model = Path(model)
     ratt_path, info_path = model / RATT_FILE, model / "train_info.json"
@@ -151,7 +151,7 @@ def certify(exp: CellExperiment, *, model: Path, out: Path) -> dict[str, Any]:
     adata = task.load(exp)
     obs = adata.obs
     patients = obs["biocls_patient"].astype(str).to_numpy()
-    unseen = _unseen_mask(obs, exp)
+    unseen = unseen_mask(obs, exp)
     fit_m = np.isin(patients, fit_p) & ~unseen
     rand_m = fit_m & obs.index.astype(str).isin(ratt["cells"])
     if int(rand_m.sum()) != len(ratt["cells"]):
@@ -267,7 +267,7 @@ def certify_unlabelled(exp: CellExperiment, *, splits: Path, unlabelled: Path, o
     from biocls._io import atomic_path
     from biocls.data import check_values
     from biocls.splits import FoldPlan, plan_fold, read_splits
-    from biocls.tasks.cells import CellsTask, _unseen_mask, fit_cells
+    from biocls.tasks.cells import CellsTask, fit_cells, unseen_mask
 
     unlabelled = Path(unlabelled)
     if not unlabelled.is_file():
@@ -315,7 +315,7 @@ def certify_unlabelled(exp: CellExperiment, *, splits: Path, unlabelled: Path, o
         log.info("half %s: %d unlabelled cells trained with random labels", name, randomise.sum())
         fitted = fit_cells(exp, both, fit_plan, randomise=randomise)
         clean_m = (np.isin(both.obs["biocls_patient"].astype(str), plan.fit)
-                   & ~_unseen_mask(both.obs, exp) & ~randomise)
+                   & ~unseen_mask(both.obs, exp) & ~randomise)
         model, pre = fitted.factored, fitted.preprocessor
         p_clean = model.predict(pre.transform(both[clean_m]))
         p_rand = model.predict(pre.transform(both[randomise]))

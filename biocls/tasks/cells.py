@@ -41,7 +41,7 @@ from biocls.splits import FoldPlan
 from biocls.tasks._protocol import FoldResult
 
 __all__ = ["RATT_FILE", "CellModelBundle", "CellsTask", "fit_cells", "load_cell_model",
-           "ratt_cells", "ratt_mask"]
+           "ratt_cells", "ratt_mask", "unseen_mask", "unseen_report"]
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ class CellsTask:
                 entry["cell_state"] = _multilabel_metrics(g, names, "factored")
             per_patient[str(p)] = entry
         metrics["per_patient"] = per_patient
-        metrics["unseen_combinations"] = _unseen_report(pred, exp)
+        metrics["unseen_combinations"] = unseen_report(pred, exp)
         metrics["model_path"] = {"setting": exp.model.path,
                                  "by_fold": [i["path"] for i in infos if i.get("path")]}
         metrics["confusion"] = confusion_tables(pred)
@@ -300,7 +300,7 @@ def fit_cells(exp: CellExperiment, data: ad.AnnData, plan: FoldPlan, *,
 
     obs = data.obs
     fit_m, val_m, test_m = plan.masks(obs["biocls_patient"].to_numpy())
-    unseen = _unseen_mask(obs, exp)
+    unseen = unseen_mask(obs, exp)
     fit_m, val_m = fit_m & ~unseen, val_m & ~unseen
     log.info("fold %s: %d fit cells, %d validation cells, %d test cells, %d cells of unseen "
              "combinations withheld from training", plan.fold, fit_m.sum(), val_m.sum(),
@@ -359,7 +359,7 @@ def ratt_mask(exp: CellExperiment, data: ad.AnnData, plan: FoldPlan) -> np.ndarr
     """:func:`ratt_cells` for a plan: ``certify.random_fraction`` of the fit patients' cells that
     may train (cells of ``unseen_combinations`` never do)."""
     assert exp.certify is not None
-    fit_m = plan.masks(data.obs["biocls_patient"].to_numpy())[0] & ~_unseen_mask(data.obs, exp)
+    fit_m = plan.masks(data.obs["biocls_patient"].to_numpy())[0] & ~unseen_mask(data.obs, exp)
     return ratt_cells(fit_m, exp.certify.random_fraction, exp.seed)
 
 
@@ -505,8 +505,8 @@ def _state_table(o: pd.DataFrame, names: list[str]) -> pd.DataFrame:
                         index=o.index)
 
 
-def _unseen_mask(obs: pd.DataFrame, exp: CellExperiment) -> np.ndarray:
-    """Cells of the type×state pairs the config holds out of every training set."""
+def unseen_mask(obs: pd.DataFrame, exp: Any) -> np.ndarray:
+    """Cells (or images) of the type×state pairs the config holds out of every training set."""
     mask = np.zeros(obs.shape[0], dtype=bool)
     if "biocls_cell_state" not in obs:
         return mask
@@ -582,7 +582,7 @@ def _multilabel_metrics(pred: pd.DataFrame, names: list[str], model: str) -> dic
     return multilabel_metrics(true, score, names=names)
 
 
-def _unseen_report(pred: pd.DataFrame, exp: CellExperiment) -> list[dict[str, Any]]:
+def unseen_report(pred: pd.DataFrame, exp: Any) -> list[dict[str, Any]]:
     """Per held-out type×state pair: the fraction of its cells each model gets both right."""
     rows: list[dict[str, Any]] = []
     if C.true_col(C.CELL_STATE) not in pred:

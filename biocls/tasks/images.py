@@ -35,6 +35,7 @@ from biocls.evaluate import (
 )
 from biocls.splits import FoldPlan
 from biocls.tasks._protocol import FoldResult
+from biocls.tasks.cells import unseen_mask, unseen_report
 
 __all__ = ["ImageFit", "ImagesTask", "choose_fusion", "patient_probe"]
 
@@ -121,7 +122,7 @@ class ImagesTask:
             read_pretrained(None, exp)  # the one-line error: which folder to pass
         obs = data.obs
         fit_m, val_m, _ = plan.masks(self.patients(data))
-        unseen = _unseen_mask(obs, exp)
+        unseen = unseen_mask(obs, exp)
         fit_m, val_m = fit_m & ~unseen, val_m & ~unseen
         has_clinical = bool(exp.keys.clinical) and data.clinical is not None
         probe_m = np.zeros(len(obs), dtype=bool)
@@ -273,7 +274,7 @@ class ImagesTask:
                      **{h: classification_metrics(g[C.true_col(h)], g[C.pred_col(h)])
                         for h in heads}}
             for p, g in pred.groupby(C.PATIENT)}
-        metrics["unseen_combinations"] = []
+        metrics["unseen_combinations"] = unseen_report(pred, exp)
         metrics["confusion"] = confusion_tables(pred)
         metrics["patient_details"] = patient_details(pred)
         if exp.pretrain is not None:
@@ -503,16 +504,6 @@ def probe_summary(infos: list[dict[str, Any]]) -> dict[str, Any]:
 def _labels(o: pd.DataFrame, head: str) -> np.ndarray | None:
     col = f"biocls_{head}"
     return o[col].to_numpy(dtype=object) if col in o else None
-
-
-def _unseen_mask(obs: pd.DataFrame, exp: ImageExperiment) -> np.ndarray:
-    mask = np.zeros(len(obs), dtype=bool)
-    if "biocls_cell_state" not in obs:
-        return mask
-    for t, s in exp.unseen_combinations:
-        mask |= ((obs["biocls_cell_type"] == str(t))
-                 & (obs["biocls_cell_state"] == str(s))).to_numpy()
-    return mask
 
 
 def _probe_images(obs: pd.DataFrame, fit_m: np.ndarray, fraction: float,
