@@ -232,6 +232,19 @@ def test_choose_fusion() -> None:
     assert choose_fusion({"image": 0.40, "fused": 0.10}, "never") == "image"
 
 
+def test_fusion_verdict_doubts_a_gain_the_clinical_data_cannot_explain() -> None:
+    from biocls.tasks.images import fusion_summary
+
+    metrics = {"baselines": {"image": {"cell_type": {"macro_f1": 0.80}},
+                             "fused": {"cell_type": {"macro_f1": 0.95}},
+                             "clinical": {"cell_type": {"macro_f1": 0.13}}},
+               "confusion": {"cell_type": {"factored": {"labels": ["a", "b", "c", "d"]}}}}
+    verdict = fusion_summary(metrics, [], ["cell_type"], "auto")["verdict"]
+    assert verdict.startswith("Fusion helped") and "training variance" in verdict
+    metrics["baselines"]["clinical"]["cell_type"]["macro_f1"] = 0.70  # informative on its own
+    assert "training variance" not in fusion_summary(metrics, [], ["cell_type"], "auto")["verdict"]
+
+
 def test_patient_probe_knows_an_identifying_embedding_from_a_blind_one() -> None:
     rng = np.random.default_rng(4)
     patients = np.repeat([f"P{i}" for i in range(8)], 30)

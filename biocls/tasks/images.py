@@ -459,6 +459,15 @@ def fusion_summary(metrics: dict[str, Any], infos: list[dict[str, Any]], heads: 
     verdict += ": " + "; ".join(
         f"{h.replace('_', ' ')} {t['fused']:.3f} fused vs {t['image']:.3f} image only"
         for h, t in rows.items()) + "."
+    for h, t in rows.items():
+        labels = ((metrics.get("confusion") or {}).get(h) or {}).get("factored", {}).get("labels")
+        chance = 1.0 / len(labels) if labels else None
+        if (chance is not None and t["fused"] - t["image"] >= FUSION_MARGIN
+                and t["clinical"] is not None and t["clinical"] <= chance + 0.05):
+            verdict += (f" The clinical data alone score {t['clinical']:.3f} on "
+                        f"{h.replace('_', ' ')}, near chance ({chance:.2f}): the gain there is "
+                        "more likely the image model's training variance than clinical "
+                        "information.")
     return {"macro_f1": table, "setting": setting, "verdict": verdict,
             "chosen_by_fold": [i.get("fusion_chosen") for i in infos],
             "validation_error_by_fold": [i.get("fusion_validation_error") for i in infos]}
