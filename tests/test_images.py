@@ -337,3 +337,30 @@ def test_trainer_schedule_sets_each_update_and_is_counted_in_the_checkpoint(
     assert state["updates"] == 6
     # the last update (the 6th, u = 5) ran at lr · schedule(5)
     assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.1 / 6)
+
+
+def test_official_test_split_is_kept_out_and_scored(tmp_path: Path) -> None:
+    from biocls.splits import plan_fold
+    from biocls.tasks import make_splits, run_fold
+
+    rng = np.random.default_rng(5)
+    arrays = {}
+    for split, n in (("train", 60), ("val", 20), ("test", 30)):
+        labels = rng.integers(0, 3, n)
+        arrays[f"{split}_images"] = np.stack([_cell(rng, int(t), 0) for t in labels])
+        arrays[f"{split}_labels"] = labels[:, None]
+    np.savez(tmp_path / "set.npz", **arrays)
+    exp = parse_experiment({"task": "images", "input": str(tmp_path / "set.npz"), "folds": 2,
+                            "pseudo_patients": 4, "official_test": True, "progress": False,
+                            "model": {"size": 16, "max_epochs": 2}}, name="npz")
+    task = get_task("images")
+    data = task.load(exp)
+    assert len(data) == 80 and "test" not in set(data.obs["biocls_split"])
+    plan = plan_fold(make_splits(task, exp, data), "final", task.patients(data), seed=0,
+                     validation_fraction=0.25, source="splits")
+    run_fold(task, exp, data, plan, out_dir=tmp_path / "res" / "model")
+    scored = json.loads((tmp_path / "res" / "model" / "official_test.json").read_text())
+    assert scored["n_images"] == 30 and 0.0 <= scored["accuracy"] <= 1.0
+    metrics: dict = {}
+    task.attach(exp, metrics, tmp_path / "res")
+    assert metrics["official_test"] == scored
