@@ -201,6 +201,12 @@ class RepertoireModel:
     patience: int = opt(5, "epochs without validation improvement before stopping", minimum=1)
     seed_filters: int = opt(16, "filters started as detectors of enriched 4-mers (0: random)",
                             minimum=0)
+    restarts: int = opt(1, "independent fits per fold; the one with the lowest loss on the "
+                           "fold's validation subjects is kept (test subjects never choose)",
+                        minimum=1)
+    seed_subsample: float = opt(0.8, "restarts after the first seed their filters from this "
+                                     "random share of the training repertoires",
+                                exclusiveMinimum=0, maximum=1)
     device: Literal["auto", "cpu", "cuda"] = opt("auto", "auto uses CUDA when present")
     chunk: int = opt(65_536, "sequences embedded at once at inference", minimum=1)
     top_n: int = opt(20, "attended sequences kept per repertoire", minimum=1)

@@ -310,3 +310,35 @@ def test_killed_fit_resumes_to_identical_predictions(tmp_path, monkeypatch):
     assert resumed.history_.train_loss == plain.history_.train_loss
     assert len(plain.history_.train_loss) == 5
     np.testing.assert_array_equal(resumed.predict_proba(bags), plain.predict_proba(bags))
+
+
+def test_restarts_keep_the_fit_best_on_validation(tmp_path):
+    """With restarts, the network kept is the one whose validation loss is lowest, and it is
+    really that restart's network (its loss on the validation bags is the recorded minimum)."""
+    bags, y = _bags(8, seed=0), [0, 1] * 4
+    val, vy = _bags(4, seed=3), [0, 1, 0, 1]
+    kw = {"n_filters": 4, "n_patterns": 3, "max_epochs": 3, "patience": 3, "seed_filters": 2,
+          "device": "cpu", "batch_size": 2, "restarts": 3, "seed_subsample": 0.5}
+    clf = RepertoireClassifier(**kw).fit(bags, y, val_bags=val, val_y=vy,
+                                         checkpoint_dir=tmp_path, progress=False)
+    scores = clf.restart_scores_
+    assert len(scores) == 3 and len(set(np.round(scores, 6))) == 3  # the starts differ
+    assert clf.restart_ == int(np.argmin(scores))
+    p = np.clip(clf.predict_proba(val), 1e-12, 1 - 1e-12)
+    t = np.asarray(vy)
+    kept = float(-np.mean(t * np.log(p) + (1 - t) * np.log(1 - p)))
+    assert kept == pytest.approx(min(scores), rel=1e-4)
+    # restart 0 is the plain single fit; each restart resumes from its own checkpoint folder
+    single = RepertoireClassifier(**{**kw, "restarts": 1}).fit(bags, y, val_bags=val, val_y=vy,
+                                                               progress=False)
+    assert single.restart_scores_[0] == pytest.approx(scores[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["restart_0", "restart_1", "restart_2"]
+    again = RepertoireClassifier(**kw).fit(bags, y, val_bags=val, val_y=vy,
+                                           checkpoint_dir=tmp_path, progress=False)
+    assert again.restart_scores_ == scores and again.history_.resumed_from > 0
+
+
+def test_restarts_need_validation_bags():
+    with pytest.raises(ValueError, match="val_bags"):
+        RepertoireClassifier(restarts=2, device="cpu").fit(_bags(4, seed=0), [0, 1, 0, 1],
+                                                           progress=False)

@@ -146,3 +146,33 @@ def test_unknown_model_option_is_an_error(encoded):
     bad = {**spec, "model": {"poolin": "attention"}}
     with pytest.raises(BioclsError, match="poolin.*did you mean `pooling`"):
         parse_experiment(bad, partial=True)
+
+
+def test_restarts_choose_on_validation_subjects_only(encoded, tmp_path, monkeypatch):
+    """With restarts, the choice reads the fold's validation subjects: no test subject's
+    repertoire is ever read while the fold trains, and the choice is recorded per fold."""
+    import biocls.tasks.repertoires as rep
+
+    spec, root = encoded
+    exp = parse_experiment({**spec, "model": {**spec["model"], "restarts": 2,
+                                              "max_epochs": 2}})
+    read: list[int] = []
+    bags = rep._bags
+
+    def spy(st, rows, *args, **kw):
+        read.extend(int(r) for r in rows)
+        return bags(st, rows, *args, **kw)
+
+    monkeypatch.setattr(rep, "_bags", spy)
+    train(TASK, exp, store=root / "store.h5", splits=root / "splits.tsv", fold="0",
+          out_dir=tmp_path / "f0")
+    sp = pd.read_csv(root / "splits.tsv", sep="\t").set_index("patient")["fold"]
+    from biocls.preprocess import CDR3Store
+
+    with CDR3Store(root / "store.h5") as st:
+        fold_of_row = sp.loc[st.repertoires["patient"]].to_numpy()
+    assert read and not (fold_of_row[read] == 0).any()
+    info = json.loads((tmp_path / "f0" / "fold_info.json").read_text())
+    chosen = info["restarts"]
+    assert len(chosen["val_loss"]) == 2
+    assert chosen["chosen"] == int(np.argmin(chosen["val_loss"]))

@@ -49,6 +49,13 @@ class RepertoireClassifier(NetEstimator):
     by counting them (:func:`seed_pooling`); gradient descent at ``lr`` 3e-3 then refines filters,
     attention and head jointly. ``seed_filters=0`` gives the plain random start.
 
+    At low witness rates one fit can settle on background patterns, and which fold that happens in
+    is chance. ``restarts > 1`` fits that many networks (seeds ``seed``, ``seed + 1``, …; restart
+    ``r > 0`` seeds its filters from a random ``seed_subsample`` of the training bags, so the
+    starts differ where it matters) and keeps the one with the lowest loss on the validation bags,
+    which belong to the training subjects: test subjects never choose. ``restart_scores_`` holds
+    every restart's best validation loss and ``restart_`` the one kept.
+
     ``__init__`` only stores parameters; :meth:`fit` validates them and returns ``self``; the
     fitted network is ``net_`` (also ``history_``, ``seeded_``; after :meth:`load`, ``meta_``).
     """
@@ -63,8 +70,8 @@ class RepertoireClassifier(NetEstimator):
                  top_fraction: float | None = 0.1, min_selected: int = 64,
                  max_train_sequences: int | None = 10_000, batch_size: int = 4, lr: float = 3e-3,
                  weight_decay: float = 1e-4, max_epochs: int = 30, patience: int = 5,
-                 seed_filters: int = 16, device: str = "auto", seed: int = 0,
-                 chunk: int = 65_536) -> None:
+                 seed_filters: int = 16, restarts: int = 1, seed_subsample: float = 0.8,
+                 device: str = "auto", seed: int = 0, chunk: int = 65_536) -> None:
         self.pooling, self.n_filters, self.kernel_size = pooling, n_filters, kernel_size
         self.n_patterns, self.attention_hidden = n_patterns, attention_hidden
         self.activation, self.bag_pool, self.use_counts = activation, bag_pool, use_counts
@@ -72,7 +79,8 @@ class RepertoireClassifier(NetEstimator):
         self.min_selected = min_selected
         self.max_train_sequences, self.batch_size, self.lr = max_train_sequences, batch_size, lr
         self.weight_decay, self.max_epochs, self.patience = weight_decay, max_epochs, patience
-        self.seed_filters = seed_filters
+        self.seed_filters, self.restarts, self.seed_subsample = (seed_filters, restarts,
+                                                                 seed_subsample)
         self.device, self.seed, self.chunk = device, seed, chunk
 
     NET_KEYS = ("pooling", "n_filters", "kernel_size", "n_patterns", "attention_hidden",
@@ -84,9 +92,11 @@ class RepertoireClassifier(NetEstimator):
     def _check(self) -> None:
         if self.top_fraction is not None and not 0 < self.top_fraction <= 1:
             raise ValueError(f"top_fraction must be in (0, 1], got {self.top_fraction}")
-        for k in ("min_selected", "batch_size", "max_epochs", "patience", "chunk"):
+        for k in ("min_selected", "batch_size", "max_epochs", "patience", "chunk", "restarts"):
             check_positive(k, getattr(self, k))
         check_positive("lr", self.lr)
+        if not 0 < self.seed_subsample <= 1:
+            raise ValueError(f"seed_subsample must be in (0, 1], got {self.seed_subsample}")
 
     # -- training -------------------------------------------------------------------------
     def _select(self, net: RepertoireNet, bags: Sequence[PackedBag],
@@ -140,27 +150,44 @@ class RepertoireClassifier(NetEstimator):
         logits, _ = net.pool(hp, mask, cp, totals.to(dev))
         return F.binary_cross_entropy_with_logits(logits, y.to(dev), pos_weight=pos_weight)
 
+    def _start(self, bags: Sequence[PackedBag], y: np.ndarray, restart: int, desc: str
+               ) -> tuple[RepertoireNet, int]:
+        """A fresh network for ``restart``, its filters seeded from enriched patterns (restart 0
+        from all bags, later ones from a random ``seed_subsample`` of them)."""
+        seed_everything(self.seed + restart)
+        net = self._build()
+        if not self.seed_filters:
+            return net, 0
+        use = np.arange(len(bags))
+        if restart and self.seed_subsample < 1:
+            rng = np.random.default_rng([self.seed, restart])
+            n = max(4, int(round(self.seed_subsample * len(bags))))
+            use = np.sort(rng.choice(len(bags), min(n, len(bags)), replace=False))
+        pats = enriched_patterns([bags[i] for i in use], y[use],
+                                 min(self.seed_filters, self.n_filters))
+        seeded = seed_encoder(net.encoder, pats)
+        seed_pooling(net, [p[2] for p in pats[:seeded]])
+        log.info("%s: seeded %d filters from enriched patterns (top t = %.1f)", desc, seeded,
+                 pats[0][2] if pats else float("nan"))
+        return net, seeded
+
     def fit(self, bags: Sequence[PackedBag], y: Sequence[int] | np.ndarray, *,
             val_bags: Sequence[PackedBag] | None = None, val_y: Sequence[int] | None = None,
             checkpoint_dir: str | Path | None = None, progress: bool = True,
             desc: str = "mil") -> RepertoireClassifier:
-        """Train on ``bags`` with binary labels ``y``; stop early on the validation loss.
+        """Train on ``bags`` with binary labels ``y``; stop early on the validation loss (and,
+        with ``restarts > 1``, keep the restart whose validation loss is lowest).
 
         ``checkpoint_dir`` makes a killed fit resumable (only by a fit with the same parameters,
-        labels and bags); ``progress`` and ``desc`` set the progress bar. They are arguments of
-        the run, not of the model."""
+        labels and bags; each restart in its own ``restart_<r>`` subfolder); ``progress`` and
+        ``desc`` set the progress bar. They are arguments of the run, not of the model."""
         self._check()
         y_arr = np.asarray(y, dtype=np.float32)
         if len(bags) != len(y_arr) or len(bags) == 0:
             raise ValueError("bags and y must have the same, non-zero length")
-        seed_everything(self.seed)
-        net = self._build()
-        if self.seed_filters:
-            pats = enriched_patterns(bags, y_arr, min(self.seed_filters, self.n_filters))
-            self.seeded_ = seed_encoder(net.encoder, pats)
-            seed_pooling(net, [p[2] for p in pats[:self.seeded_]])
-            log.info("%s: seeded %d filters from enriched patterns (top t = %.1f)", desc,
-                     self.seeded_, pats[0][2] if pats else float("nan"))
+        if self.restarts > 1 and not val_bags:
+            raise ValueError(f"restarts={self.restarts} chooses among fits by their validation "
+                             "loss: pass val_bags and val_y")
         dev = resolve_device(self.device)
         n_pos = float(y_arr.sum())
         pos_weight = torch.tensor((len(y_arr) - n_pos) / max(n_pos, 1.0), device=dev)
@@ -187,17 +214,31 @@ class RepertoireClassifier(NetEstimator):
                 logits = torch.from_numpy(self._logits(module, val_bags, dev))
                 return float(F.binary_cross_entropy_with_logits(logits, vy))
 
-        trainer = Trainer(max_epochs=self.max_epochs, patience=self.patience, lr=self.lr,
-                          weight_decay=self.weight_decay, device=dev, seed=self.seed,
-                          checkpoint_dir=checkpoint_dir, progress=progress, desc=desc)
         # a checkpoint resumes only this run: same settings, labels and bags (a stale one from
         # another split would leak held-out subjects into training)
         sig = run_signature(self._training_params(), y_arr,
                             np.array([len(b) for b in bags]),
                             *[b.codes[:: max(1, len(b) // 64)] for b in bags])
-        self.history_ = trainer.fit(net, batches=batches, loss=loss, validate=validate,
-                                    signature=sig)
-        self.net_ = net.cpu().eval()
+        self.restart_scores_: list[float] = []
+        best: tuple[float, int, RepertoireNet, Any, int] | None = None
+        for r in range(self.restarts):
+            several = self.restarts > 1
+            name = f"{desc} restart {r + 1}/{self.restarts}" if several else desc
+            net, seeded = self._start(bags, y_arr, r, name)
+            ckpt = (Path(checkpoint_dir) / f"restart_{r}" if several and checkpoint_dir
+                    else checkpoint_dir)
+            trainer = Trainer(max_epochs=self.max_epochs, patience=self.patience, lr=self.lr,
+                              weight_decay=self.weight_decay, device=dev, seed=self.seed + r,
+                              checkpoint_dir=ckpt, progress=progress, desc=name)
+            hist = trainer.fit(net, batches=batches, loss=loss, validate=validate,
+                               signature=f"{sig}:{r}" if several else sig)
+            self.restart_scores_.append(float(hist.best_score))
+            if best is None or hist.best_score < best[0]:
+                best = (float(hist.best_score), r, net.cpu().eval(), hist, seeded)
+            if several:
+                log.info("%s: validation loss %.4f", name, hist.best_score)
+        assert best is not None
+        _, self.restart_, self.net_, self.history_, self.seeded_ = best
         return self
 
     # -- inference ------------------------------------------------------------------------

@@ -149,6 +149,8 @@ class RepertoiresTask:
                 progress=exp.progress, desc=f"{exp.name} fold {plan.fold}")
         kmer = None
         info: dict[str, Any] = {"history": mil.history_.as_dict()}
+        if mil.restarts > 1:
+            info["restarts"] = {"val_loss": mil.restart_scores_, "chosen": mil.restart_}
         if not plan.final:
             train_rows = np.flatnonzero(fit_m | val_m)
             b = exp.baseline
