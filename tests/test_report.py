@@ -298,6 +298,21 @@ def test_repertoire_report(tmp_path: Path) -> None:
     assert "called positive from 0.50" in page
     for text in texts:
         assert "label 1" not in text and "label 0" not in text
+    assert "restart kept" not in index  # one fit per fold: no restart columns
+
+
+def test_repertoire_report_lists_the_restart_kept_per_fold(tmp_path: Path) -> None:
+    results = _repertoire_results(tmp_path)
+    m = json.loads((results / "metrics.json").read_text())
+    m["restarts"] = {"0": {"val_loss": [0.41, 0.2345, 0.5], "chosen": 1},
+                     "2": {"val_loss": [0.3, 0.6], "chosen": 0}}
+    (results / "metrics.json").write_text(json.dumps(m))
+    render_reports(results)
+    index = (results / "reports" / "index.html").read_text()
+    assert "restart kept" in index
+    assert "<td>2 of 3</td><td>0.410, 0.234, 0.500</td>" in index  # fold 0: 1-based
+    assert "<td>1 of 2</td>" in index and index.count("<td>—</td><td>—</td>") == 1  # fold 1
+    assert "test subjects never took part" in index
 
 
 def test_failure_leaves_no_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -834,6 +834,7 @@ def _repertoires_index(ctx: _Context) -> dict[str, Any]:
             "fold": i,
             "model": model_folds[i] if i < len(model_folds) else None,
             "kmer": kmer_folds[i] if i < len(kmer_folds) else None,
+            "restart": _get(m, "restarts", str(i)),
         }
         for i in range(n)
     ]

@@ -116,6 +116,7 @@ def simulate_repertoires(
     n_subjects: int = 40,
     n_sequences: int = 1000,
     witness_rate: float = 0.005,
+    negative_witness_rate: float = 0.0,
     motifs: Sequence[str] = ("SAKL",),
     swap_p: float = 0.0,
     positive_fraction: float = 0.5,
@@ -139,7 +140,10 @@ def simulate_repertoires(
     * ``params.json``: the arguments.
 
     ``motifs`` use ``X`` for a wildcard position (the background residue is kept: a gapped motif).
-    Each witness carries one motif chosen uniformly. ``swap_p`` swaps each implanted residue within
+    Each witness carries one motif chosen uniformly. ``negative_witness_rate`` implants the motifs
+    in negative repertoires too, a binomial number per repertoire at that rate (so that a few
+    negatives hold copies, as real unexposed donors hold public sequences); they are in
+    ``truth.tsv`` as well. ``swap_p`` swaps each implanted residue within
     its physico-chemical group (:data:`PHYSICOCHEMICAL_GROUPS`). Counts are heavy-tailed (Zipf with
     exponent ``count_tail``). ``two_repertoire_fraction`` of subjects get a second repertoire (a
     second time point) sharing ``shared_fraction`` of the first one's sequences. Returns the
@@ -150,7 +154,8 @@ def simulate_repertoires(
     motifs = [_check_motif(m) for m in motifs]
     if not motifs:
         raise BioclsError("no motifs given", where="simulate: motifs", fix="give one or more")
-    for name, v in (("witness_rate", witness_rate), ("swap_p", swap_p),
+    for name, v in (("witness_rate", witness_rate),
+                    ("negative_witness_rate", negative_witness_rate), ("swap_p", swap_p),
                     ("positive_fraction", positive_fraction),
                     ("two_repertoire_fraction", two_repertoire_fraction),
                     ("shared_fraction", shared_fraction)):
@@ -189,8 +194,12 @@ def simulate_repertoires(
                     seqs, vs, js = draw(n_sequences)
                 prev = (list(seqs), list(vs), list(js))
                 witness_rows: list[int] = []
+                n_w = 0
                 if labels[s] == 1 and witness_rate > 0:
                     n_w = max(1, int(round(witness_rate * n_sequences)))
+                elif labels[s] == 0 and negative_witness_rate > 0:
+                    n_w = int(rng.binomial(len(seqs), negative_witness_rate))
+                if n_w:
                     ok = np.flatnonzero(np.array([len(x) for x in seqs]) >= span + 4)
                     rows = rng.choice(ok, size=min(n_w, len(ok)), replace=False)
                     for row in sorted(rows.tolist()):

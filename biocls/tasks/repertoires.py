@@ -228,7 +228,9 @@ class RepertoiresTask:
     # -- metrics ---------------------------------------------------------------------------
     def metrics(self, exp: RepertoireExperiment, tables: dict[str, pd.DataFrame],
                 infos: list[dict[str, Any]]) -> dict[str, Any]:
-        """``metrics.json`` (DESIGN §4b) plus the report's numbers: ``roc_curve`` (pooled
+        """``metrics.json`` (DESIGN §4b) plus the report's numbers: ``restarts`` (per fold,
+        each restart's validation loss and the one kept, when ``model.restarts > 1``),
+        ``roc_curve`` (pooled
         out-of-fold ROC points per model), ``enriched_kmers`` (per repertoire),
         ``enriched_motifs`` (per patient, :func:`~biocls.evaluate.enriched_motifs`), the call
         at ``threshold`` (``calls`` per model, ``predicted`` per patient from its mean
@@ -264,6 +266,9 @@ class RepertoiresTask:
             "calls": {"model": call_counts(y, p), "kmer_logreg": call_counts(y, q)},
             "n_dropped": int(pred[C.N_DROPPED].sum()),
         }
+        restarts = {str(i.get("fold")): i["restarts"] for i in infos if "restarts" in i}
+        if restarts:
+            metrics["restarts"] = restarts
         dropped = {str(r): int(n)
                    for r, n in zip(pred[C.REPERTOIRE_ID], pred[C.N_DROPPED], strict=True) if n}
         if dropped:
