@@ -273,15 +273,16 @@ def _pick(columns: list[str], names: tuple[str, ...]) -> str | None:
     return None
 
 
-def iter_repertoire_chunks(path: str | Path, *, chunksize: int = 262_144
+def iter_repertoire_chunks(path: str | Path, *, chunksize: int = 262_144, calls: bool = True
                            ) -> Iterator[RepertoireChunk]:
     """Stream one repertoire file (AIRR or DeepRC columns) in blocks of ``chunksize`` rows.
 
     An empty count (or ``NA``, ``NaN``, ``None``, ``null``) becomes 1; a row whose count is 0 (a
     sequence observed no times, as some exports list) is dropped and counted like an invalid
     sequence; a count that is negative, fractional or non-numeric is a one-line error naming the
-    file, the line and the column. Missing V/J calls become ``""``. Only the needed columns are
-    parsed, so a 10^6-row file never sits in memory as text.
+    file, the line and the column. Missing V/J calls become ``""``, as do all of them with
+    ``calls=False`` (scoring needs none: their columns are not parsed). Only the needed columns
+    are parsed, so a 10^6-row file never sits in memory as text.
     """
     path = Path(path)
     try:
@@ -295,10 +296,13 @@ def iter_repertoire_chunks(path: str | Path, *, chunksize: int = 262_144
                           f"found {header[:8]}", where=str(path),
                           fix="name the CDR3 amino-acid column junction_aa (AIRR) or amino_acid")
     cnt_col = _pick(header, COUNT_COLUMNS)
-    v_col = _pick(header, V_COLUMNS)
-    j_col = _pick(header, J_COLUMNS)
+    v_col = _pick(header, V_COLUMNS) if calls else None
+    j_col = _pick(header, J_COLUMNS) if calls else None
     use = [c for c in (seq_col, cnt_col, v_col, j_col) if c is not None]
-    reader = pd.read_csv(path, sep="\t", usecols=use, dtype=str, keep_default_na=False,
+    # the count column is left to the C parser: a block of plain numbers arrives numeric (fast);
+    # anything else (empty, NA, text) arrives as text and takes the checked path in _counts
+    reader = pd.read_csv(path, sep="\t", usecols=use,
+                         dtype={c: str for c in use if c != cnt_col}, keep_default_na=False,
                          chunksize=chunksize, na_filter=False)
     start = 0  # data rows read so far: the file's line number is start + row + 2
     for df in reader:
@@ -326,6 +330,10 @@ def _counts(col: pd.Series, path: Path, name: str, start: int) -> np.ndarray:
     """Duplicate counts of one block as float64: missing → 1, 0 stays 0 (the caller drops the
     row); anything but a whole number ≥ 0 is an error naming the file, the line (header = line 1)
     and the column."""
+    if col.dtype.kind in "iuf":  # parsed as numbers already: only the range needs checking
+        c = col.to_numpy(dtype=np.float64)
+        if (np.isfinite(c) & (c >= 0) & (c == np.round(c))).all():
+            return c
     text = col.astype(str).str.strip()
     missing = text.str.lower().isin(MISSING_COUNTS).to_numpy()
     c = pd.to_numeric(text.where(~missing, "1"), errors="coerce").to_numpy(dtype=np.float64)

@@ -95,7 +95,8 @@ class _Vocab:
         self.index: dict[str, int] = {"": 0}
 
     def codes(self, values: np.ndarray) -> np.ndarray:
-        uniq, inv = np.unique(np.asarray(values, dtype=str), return_inverse=True)
+        # hashing (factorize) rather than sorting 10^5 strings per block: ~5x faster
+        inv, uniq = pd.factorize(np.asarray(values, dtype=object), sort=True)
         ids = np.array([self.index.setdefault(u, len(self.index)) for u in uniq], dtype=np.int32)
         return ids[inv] if len(inv) else np.zeros(0, np.int32)
 
@@ -111,6 +112,7 @@ def build_cdr3_store(
     positive: str,
     progress: bool = True,
     chunksize: int = 262_144,
+    calls: bool = True,
 ) -> pd.DataFrame:
     """Encode every repertoire of ``metadata`` (from
     :func:`~biocls.data.read_repertoire_metadata`) into the store at ``out``, atomically.
@@ -118,6 +120,7 @@ def build_cdr3_store(
     Invalid and empty sequences are dropped and counted (logged, and kept in ``n_dropped``). A
     repertoire left with no sequence is an error naming it; nothing is written then. Returns one
     row per repertoire: ``repertoire_id, patient, label, n_sequences, n_dropped``.
+    ``calls=False`` leaves the V/J calls out (all ``""``): scoring new repertoires needs none.
     """
     rows = []
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
@@ -134,7 +137,7 @@ def build_cdr3_store(
         for r in bar:
             rid = r.repertoire_id
             n_ok = n_drop = 0
-            for chunk in iter_repertoire_chunks(files[rid], chunksize=chunksize):
+            for chunk in iter_repertoire_chunks(files[rid], chunksize=chunksize, calls=calls):
                 codes, lens, valid = encode_sequences(chunk.sequence)
                 res.add(codes)
                 offs.add(n_res + np.cumsum(lens))

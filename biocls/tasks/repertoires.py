@@ -323,7 +323,7 @@ def score_folder(model_dir: Path, folder: Path) -> pd.DataFrame:
     out, prints = [], []
     with tempfile.TemporaryDirectory(prefix="biocls-predict-") as tmp:
         store = Path(tmp) / "store.h5"
-        build_cdr3_store(rows, files, store, positive="?")
+        build_cdr3_store(rows, files, store, positive="?", calls=False)
         with CDR3Store(store) as st:
             for i, rid in enumerate(st.repertoires["repertoire_id"]):
                 b = st.bag(i)
