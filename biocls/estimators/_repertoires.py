@@ -221,8 +221,8 @@ class RepertoireClassifier(NetEstimator):
                             *[b.codes[:: max(1, len(b) // 64)] for b in bags])
         self.restart_scores_: list[float] = []
         best: tuple[float, int, RepertoireNet, Any, int] | None = None
+        several = self.restarts > 1
         for r in range(self.restarts):
-            several = self.restarts > 1
             name = f"{desc} restart {r + 1}/{self.restarts}" if several else desc
             net, seeded = self._start(bags, y_arr, r, name)
             ckpt = (Path(checkpoint_dir) / f"restart_{r}" if several and checkpoint_dir

@@ -95,7 +95,7 @@ class _Vocab:
         self.index: dict[str, int] = {"": 0}
 
     def codes(self, values: np.ndarray) -> np.ndarray:
-        # hashing (factorize) rather than sorting 10^5 strings per block: ~5x faster
+        # hashing (factorize) rather than sorting every string of the block (np.unique)
         inv, uniq = pd.factorize(np.asarray(values, dtype=object), sort=True)
         ids = np.array([self.index.setdefault(u, len(self.index)) for u in uniq], dtype=np.int32)
         return ids[inv] if len(inv) else np.zeros(0, np.int32)

@@ -230,10 +230,9 @@ class RepertoiresTask:
                 infos: list[dict[str, Any]]) -> dict[str, Any]:
         """``metrics.json`` (DESIGN §4b) plus the report's numbers: ``restarts`` (per fold,
         each restart's validation loss and the one kept, when ``model.restarts > 1``),
-        ``roc_curve`` (pooled
-        out-of-fold ROC points per model), ``enriched_kmers`` (per repertoire),
-        ``enriched_motifs`` (per patient, :func:`~biocls.evaluate.enriched_motifs`), the call
-        at ``threshold`` (``calls`` per model, ``predicted`` per patient from its mean
+        ``roc_curve`` (pooled out-of-fold ROC points per model), ``enriched_kmers`` (per
+        repertoire), ``enriched_motifs`` (per patient, :func:`~biocls.evaluate.enriched_motifs`),
+        the call at ``threshold`` (``calls`` per model, ``predicted`` per patient from its mean
         probability) and ``n_dropped`` (sequences dropped on reading, all repertoires)."""
         pred, att = tables["predictions"], tables["attention"]
         ks = sorted(int(k) for k in pred[C.FOLD].unique())
