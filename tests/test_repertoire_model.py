@@ -53,6 +53,20 @@ def test_encoder_matches_one_hot_convolution(kernel):
     assert torch.allclose(enc(codes, lens), naive_encoder(enc, codes, lens), atol=1e-5)
 
 
+@pytest.mark.parametrize("block", [20, 1 << 15])
+def test_encoder_without_gradient_matches_one_hot_convolution(block, monkeypatch):
+    """Inference sums positions in blocks of rows; blocks that split a length group (20
+    positions: one or two rows each) and one block per group give the textbook values."""
+    monkeypatch.setattr("biocls.models._cdr3._BLOCK_POSITIONS", block)
+    torch.manual_seed(0)
+    enc = CDR3Encoder(8, 9)
+    codes, lens = random_codes(40)
+    with torch.no_grad():
+        got, want = enc(codes, lens), naive_encoder(enc, codes, lens)
+    assert got.shape == (40, 8)
+    assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_encoder_gradient_matches_dense_max():
     """The arg-max shortcut in training gives the same values and gradients as a dense max."""
     torch.manual_seed(0)

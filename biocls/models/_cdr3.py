@@ -19,6 +19,8 @@ __all__ = ["ACTIVATIONS", "N_RESIDUES", "CDR3Encoder", "position_features"]
 
 N_RESIDUES = 20
 ACTIVATIONS = ("relu", "selu", "gelu")
+#: positions summed per ``embedding_bag`` call when no gradient is needed
+_BLOCK_POSITIONS = 1 << 15
 
 
 def _act(name: str):
@@ -147,8 +149,13 @@ class CDR3Encoder(nn.Module):
         idx = torch.cat([idx, pos.view(1, length, 1).expand(n, length, 1)], dim=2)
         g = idx.shape[2]
         if not (torch.is_grad_enabled() and table.requires_grad):
-            out = F.embedding_bag(idx.reshape(-1, g), table, mode="sum")
-            return out.view(n, length, -1).amax(dim=1)
+            # in blocks of ~2^16 positions: the per-position sums of a block stay in cache
+            # until their max is taken (one pass over 10^6 sequences at once is ~2× slower)
+            step = max(1, _BLOCK_POSITIONS // length)
+            flat_idx = idx.reshape(n, -1)
+            return torch.cat([
+                F.embedding_bag(flat_idx[i:i + step].reshape(-1, g), table, mode="sum")
+                .view(-1, length, table.shape[1]).amax(dim=1) for i in range(0, n, step)])
         # Only the arg-max position of each filter receives gradient: the maxima and where they
         # are come without autograd (max(dim=1) is several times faster than argmax here), and
         # the backward pass routes each filter's gradient to the table rows summed there

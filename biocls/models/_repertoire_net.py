@@ -142,25 +142,22 @@ def pack_bag(codes: np.ndarray, offsets: np.ndarray, counts: np.ndarray | None =
     Rows are sorted by length (stable), so that the encoder needs no permutation. Sequences
     longer than ``max_length`` are cut to their central ``max_length`` residues."""
     offsets = np.asarray(offsets, dtype=np.int64)
+    codes = np.asarray(codes)
     lens = np.diff(offsets)
     n = len(lens)
-    order = np.argsort(np.minimum(lens, max_length), kind="stable")
-    rank = np.empty(n, dtype=np.int64)
-    rank[order] = np.arange(n)
-    width = int(min(lens.max(initial=1), max_length))
+    kept = np.minimum(lens, max_length)
+    # a stable sort of small unsigned ints is a radix sort: ~5× faster than on int64
+    order = np.argsort(kept.astype(np.uint8 if max_length < 256 else np.uint16), kind="stable")
+    width = int(kept.max(initial=1))
     mat = np.zeros((n, width), dtype=np.uint8)
-    row = np.repeat(rank, lens)
-    col = np.arange(int(lens.sum())) - np.repeat(offsets[:-1] - offsets[0], lens)
-    if (lens > max_length).any():
-        cut = np.maximum(lens - max_length, 0) // 2
-        col = col - np.repeat(cut, lens)
-        keep = (col >= 0) & (col < width)
-        row, col, src = row[keep], col[keep], np.asarray(codes)[keep]
-    else:
-        src = np.asarray(codes)
-    mat[row, col] = src
+    start = offsets[:-1][order] - offsets[0] + (lens[order] - kept[order]) // 2
+    bounds = np.searchsorted(kept[order], np.arange(width + 2))
+    for m in range(1, width + 1):  # one gather per length: rows of a group are contiguous
+        lo, hi = bounds[m], bounds[m + 1]
+        if hi > lo:
+            mat[lo:hi, :m] = codes[start[lo:hi, None] + np.arange(m)]
     c = np.ones(n, np.float32) if counts is None else np.asarray(counts, np.float32)
-    return PackedBag(torch.from_numpy(mat), torch.from_numpy(np.minimum(lens, max_length)[order]),
+    return PackedBag(torch.from_numpy(mat), torch.from_numpy(kept[order]),
                      torch.from_numpy(np.ascontiguousarray(c[order])), torch.from_numpy(order))
 
 
