@@ -12,6 +12,11 @@ probability. The 10^6 case also runs ``biocls predict``'s code path (TSV → sto
 child process and reports that process's peak RSS. Random CDR3-like sequences (lengths 10-18);
 speed does not depend on content. Not a test: it prints figures.
 
+``--train-big N`` (e.g. 100000) also trains one fold through the workflow's own steps (encode →
+split → train, ``biocls train``'s code path) on 40 random repertoires of N sequences, 2 epochs, in
+a child process, and reports its peak RSS: what the profile's ``mem_mb`` for ``train_repertoires``
+must cover.
+
 ``--deeprc PATH`` also times the DeepRC reference model (Widrich et al. 2020) in the same process,
 on the same bags, threads and device, right after each biocls measurement, and prints biocls/DeepRC
 ratios and the load average. PATH is a checkout of DeepRC's public source supplied by the user;
@@ -160,6 +165,40 @@ def child_predict(model_dir: str, folder: str, out: str) -> None:
     print(json.dumps({"seconds": time.time() - t, "peak_rss_mib": rss}))
 
 
+def child_train(n_seq: str, work: str) -> None:
+    """One fold of ``biocls train`` on 40 random repertoires of ``n_seq`` sequences; peak RSS."""
+    from biocls.config import parse_experiment
+    from biocls.tasks import get_task, split, train
+
+    rng = np.random.default_rng(0)
+    root = Path(work)
+    (root / "reps").mkdir(parents=True)
+    n = int(n_seq)
+    for i in range(40):
+        _, codes, offs = random_bag(n, rng)
+        text = [bytes(AA[codes[offs[k]:offs[k + 1]] - 1]).decode() for k in range(n)]
+        pd.DataFrame({"junction_aa": text, "duplicate_count": rng.zipf(2.0, n)}).to_csv(
+            root / "reps" / f"R{i:02d}.tsv", sep="\t", index=False)
+    pd.DataFrame({"repertoire_id": [f"R{i:02d}" for i in range(40)],
+                  "subject_id": [f"S{i:02d}" for i in range(40)],
+                  "label": ["pos", "neg"] * 20}).to_csv(root / "metadata.tsv", sep="\t",
+                                                        index=False)
+    task = get_task("repertoires")
+    exp = parse_experiment({"name": "mem", "task": "repertoires", "folds": 5, "seed": 0,
+                            "metadata": str(root / "metadata.tsv"),
+                            "repertoires": str(root / "reps"), "progress": False,
+                            "model": {"max_epochs": 2, "patience": 2}})
+    task.encode(exp, root / "store.h5")
+    split(task, exp, root / "splits.tsv")
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t = time.time()
+    train(task, exp, store=root / "store.h5", splits=root / "splits.tsv", fold="0",
+          out_dir=root / "fold0")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": time.time() - t, "peak_rss_mib": rss,
+                      "peak_before_train_mib": base}))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -172,13 +211,19 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=None,
                     help="alternating timing rounds of the 10^4-bag figures, median reported "
                          "(default 1, or 5 with --deeprc)")
+    ap.add_argument("--train-big", type=int, default=0, metavar="N",
+                    help="also train one fold on 40 repertoires of N sequences; peak RSS")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--child-train", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.rounds is None:
         args.rounds = 5 if args.deeprc else 1
     if args.child:
         child_predict(*args.child)
+        return 0
+    if args.child_train:
+        child_train(*args.child_train)
         return 0
     print("# command:", " ".join([Path(sys.executable).name, *sys.argv]))
     load_start = os.getloadavg()
@@ -259,9 +304,18 @@ def main() -> int:
                               str(Path(tmp) / "p.tsv")], capture_output=True, text=True,
                              check=True)
         res = json.loads(out.stdout.strip().splitlines()[-1])
+        predict_rate = args.big / res["seconds"]
         rows.append({"what": f"biocls predict, one {args.big:,}-sequence TSV (parse+encode+model)",
-                     "seq_per_s": f"{args.big / res['seconds']:,.0f}",
+                     "seq_per_s": f"{predict_rate:,.0f}",
                      "peak_rss_mib": f"{res['peak_rss_mib']:.0f}"})
+        if args.train_big:
+            out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads),
+                                  "--child-train", str(args.train_big), str(Path(tmp) / "fit")],
+                                 capture_output=True, text=True, check=True)
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append({"what": f"biocls train, one fold of 40 × {args.train_big:,}-sequence "
+                                 f"repertoires, 2 epochs ({res['seconds']:.0f} s)",
+                         "seq_per_s": "", "peak_rss_mib": f"{res['peak_rss_mib']:.0f}"})
     print(f"# torch {torch.__version__}, {args.threads} thread(s), pooling={args.pooling}, "
           f"device={args.device} (predict child: cpu)")
     print(pd.DataFrame(rows).to_string(index=False))
@@ -285,6 +339,11 @@ def main() -> int:
                           "deeprc_seq_per_s": f"{med[b]:,.0f}",
                           "biocls/deeprc": f"{np.median(ratios):.2f}",
                           "range": f"{min(ratios):.2f}-{max(ratios):.2f}"})
+        # one predict run (not alternated): its ratio to DeepRC's median every-sequence inference
+        table.append({"what": "biocls predict (TSV → probability) vs DeepRC inference (packed)",
+                      "biocls_seq_per_s": f"{predict_rate:,.0f}",
+                      "deeprc_seq_per_s": f"{med['peer_infer']:,.0f}",
+                      "biocls/deeprc": f"{predict_rate / med['peer_infer']:.2f}", "range": ""})
         print(pd.DataFrame(table).to_string(index=False))
     return 0
 

@@ -11,6 +11,7 @@ import pytest
 from biocls import BioclsError
 from biocls.data import (
     find_repertoire_files,
+    iter_repertoire_chunks,
     positive_label,
     read_repertoire,
     read_repertoire_metadata,
@@ -211,3 +212,62 @@ def test_missing_and_whole_counts_are_read(tmp_path):
     pd.DataFrame({"junction_aa": ["CASSF"] * 4, "duplicate_count": ["", "NA", "3.0", " 5 "]}
                  ).to_csv(tmp_path / "r.tsv", sep="\t", index=False)
     assert read_repertoire(tmp_path / "r.tsv")["duplicate_count"].tolist() == [1, 1, 3, 5]
+
+
+def _store_both_ways(tmp: Path, text: str, name: str = "r1.tsv") -> tuple[dict, dict]:
+    """One file encoded by the pandas path (``calls=True``) and by the byte path
+    (``calls=False``, as ``biocls predict``): residues, offsets, counts and dropped rows."""
+    d = tmp / "repertoires"
+    d.mkdir(exist_ok=True)
+    (d / name).write_bytes(text.encode())
+    meta = pd.DataFrame({"repertoire_id": [name.split(".")[0]], "patient": ["p1"],
+                         "label": ["1"]})
+    files = find_repertoire_files(d)
+    out = []
+    for calls in (True, False):
+        store = tmp / f"store_{calls}.h5"
+        info = build_cdr3_store(meta, files, store, positive="1", progress=False, calls=calls)
+        with CDR3Store(store) as st:
+            b = st.bag(0)
+            out.append({"codes": b.codes.tolist(), "offsets": b.offsets.tolist(),
+                        "counts": b.counts.tolist(), "dropped": int(info["n_dropped"].iat[0])})
+    return out[0], out[1]
+
+
+@pytest.mark.parametrize("block", [1 << 23, 40])
+def test_byte_reader_reads_what_pandas_reads(tmp_path, monkeypatch, block):
+    """``biocls predict`` reads plain blocks as bytes; irregular blocks (quotes, CRLF, blank
+    lines, empty or NA counts) go to pandas. Either way the store holds the same sequences,
+    counts and dropped rows, with one block or many (40 bytes: a few lines each)."""
+    monkeypatch.setattr("biocls.data._tsv_blocks.BLOCK_BYTES", block)
+    header = "sequence_id\tjunction_aa\tv_call\tduplicate_count\n"
+    plain = "".join(f"{i}\t{s}\tTRBV1\t{c}\n" for i, (s, c) in enumerate(
+        [("CASSF", 4), ("cassf", 1), ("CAS*F", 2), ("CASRF", 0), ("", 3), ("CATTF", 12),
+         ("WWW", 1234567)]))
+    irregular = ('7\t"CASQF"\tTRBV2\t2\n8\tCASKF\tTRBV2\t\n\n9\tCASMF\tTRBV2\tNA\r\n'
+                 "10\tCASLF\tTRBV2\t3.0\n11\tCASPF\tTRBV2\t5")  # last line: no newline
+    kinds = []
+    for text in (header + plain, header + plain + irregular):
+        pandas_way, byte_way = _store_both_ways(tmp_path, text)
+        assert byte_way == pandas_way
+        assert pandas_way["dropped"] == 3  # CAS*F, the count-0 row, the empty sequence
+        kinds.append({c.raw is not None for c in iter_repertoire_chunks(
+            tmp_path / "repertoires" / "r1.tsv", calls=False, raw=True)})
+    assert kinds[0] == {True}  # plain: bytes only
+    assert kinds[1] == {True, False}  # irregular blocks go to pandas, plain ones stay bytes
+    assert byte_way["counts"][-4:] == [1.0, 1.0, 3.0, 5.0]
+    assert 1234567.0 in byte_way["counts"]
+
+
+def test_byte_reader_names_the_line_of_a_bad_count(tmp_path, monkeypatch):
+    """A bad count in a later block is still named by its line in the file."""
+    monkeypatch.setattr("biocls.data._tsv_blocks.BLOCK_BYTES", 64)
+    lines = [f"CASS{'F' * (i % 5)}\t{i + 1}\n" for i in range(30)]
+    lines[21] = "CASSF\t-2\n"
+    d = tmp_path / "repertoires"
+    d.mkdir()
+    (d / "r1.tsv").write_text("junction_aa\tduplicate_count\n" + "".join(lines))
+    meta = pd.DataFrame({"repertoire_id": ["r1"], "patient": ["p1"], "label": ["1"]})
+    with pytest.raises(BioclsError, match=r"r1.tsv: line 23, column duplicate_count"):
+        build_cdr3_store(meta, find_repertoire_files(d), tmp_path / "s.h5", positive="1",
+                         progress=False, calls=False)

@@ -34,7 +34,7 @@ from biocls._progress import progress_bar
 from biocls.data._airr import iter_repertoire_chunks
 
 __all__ = ["ALPHABET", "Bag", "CDR3Store", "build_cdr3_store", "decode_sequences",
-           "encode_sequences"]
+           "encode_bytes", "encode_sequences"]
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,21 @@ def encode_sequences(sequences) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         text = "".join(seqs)
     lens = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
     raw = np.frombuffer(text.encode("latin-1", errors="replace"), dtype=np.uint8)
+    return encode_bytes(raw, lens)
+
+
+def encode_bytes(raw: np.ndarray, lens: np.ndarray, drop: np.ndarray | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`encode_sequences` on sequences given as their bytes (uint8, concatenated) and
+    lengths; rows where ``drop`` is True are invalid too (a count of 0)."""
+    lens = np.asarray(lens, dtype=np.int64)
     codes = _LUT[raw]
     bad = np.concatenate([[0], np.cumsum(codes == 0)])
     ends = np.cumsum(lens)
     nbad = bad[ends] - bad[ends - lens]
     valid = (lens > 0) & (nbad == 0)
+    if drop is not None:
+        valid &= ~drop
     if not valid.all():
         codes = codes[np.repeat(valid, lens)]
     return codes, lens[valid], valid
@@ -144,8 +154,13 @@ def build_cdr3_store(
         for r in bar:
             rid = r.repertoire_id
             n_ok = n_drop = 0
-            for chunk in iter_repertoire_chunks(files[rid], chunksize=chunksize, calls=calls):
-                codes, lens, valid = encode_sequences(chunk.sequence)
+            for chunk in iter_repertoire_chunks(files[rid], chunksize=chunksize, calls=calls,
+                                                raw=not calls):
+                if chunk.raw is not None:
+                    codes, lens, valid = encode_bytes(chunk.raw.residues, chunk.raw.lengths,
+                                                      drop=chunk.count == 0)
+                else:
+                    codes, lens, valid = encode_sequences(chunk.sequence)
                 res.add(codes)
                 offs.add(n_res + np.cumsum(lens))
                 n_res += int(lens.sum())
