@@ -47,8 +47,7 @@ import torch
 
 from biocls.estimators import RepertoireClassifier
 from biocls.models import pack_bag
-
-AA = np.frombuffer(b"ACDEFGHIKLMNPQRSTVWY", dtype=np.uint8)
+from biocls.preprocess import decode_sequences
 
 
 def random_bag(n: int, rng: np.random.Generator):
@@ -176,8 +175,8 @@ def child_train(n_seq: str, work: str) -> None:
     n = int(n_seq)
     for i in range(40):
         _, codes, offs = random_bag(n, rng)
-        text = [bytes(AA[codes[offs[k]:offs[k + 1]] - 1]).decode() for k in range(n)]
-        pd.DataFrame({"junction_aa": text, "duplicate_count": rng.zipf(2.0, n)}).to_csv(
+        pd.DataFrame({"junction_aa": decode_sequences(codes, offs),
+                      "duplicate_count": rng.zipf(2.0, n)}).to_csv(
             root / "reps" / f"R{i:02d}.tsv", sep="\t", index=False)
     pd.DataFrame({"repertoire_id": [f"R{i:02d}" for i in range(40)],
                   "subject_id": [f"S{i:02d}" for i in range(40)],
@@ -292,11 +291,11 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "in"
         folder.mkdir()
-        text = [bytes(AA[codes[offs[i]:offs[i + 1]] - 1]).decode() for i in range(len(offs) - 1)]
-        pd.DataFrame({"junction_aa": text, "v_call": "TRBV5-1", "j_call": "TRBJ2-7",
+        pd.DataFrame({"junction_aa": decode_sequences(codes, offs), "v_call": "TRBV5-1",
+                      "j_call": "TRBJ2-7",
                       "duplicate_count": big.counts.numpy().astype(int)}).to_csv(
             folder / "big.tsv", sep="\t", index=False)
-        del text, big, codes
+        del big, codes
         clf.net_ = net.cpu()
         clf.save(Path(tmp) / "model", meta={"experiment": "throughput"})
         out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads),

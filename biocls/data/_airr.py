@@ -14,7 +14,6 @@ written.
 
 from __future__ import annotations
 
-import gzip
 import io
 import logging
 from collections.abc import Iterator, Mapping
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from biocls._errors import BioclsError
-from biocls.data._tsv_blocks import RawBlock, iter_blocks, parse_block
+from biocls.data._tsv_blocks import RawBlock, iter_blocks, parse_block, read_header
 
 __all__ = [
     "RepertoireChunk",
@@ -315,25 +314,13 @@ def iter_repertoire_chunks(path: str | Path, *, chunksize: int = 262_144, calls:
     options = dict(sep="\t", usecols=use, dtype={c: str for c in use if c != cnt_col},
                    keep_default_na=False, na_filter=False)
     cols = (seq_col, cnt_col, v_col, j_col)
-    if raw and not calls and _plain_header(path) == header:
+    if raw and not calls and read_header(path) == header:
         yield from _raw_chunks(path, header, cols, options)
         return
     start = 0  # data rows read so far: the file's line number is start + row + 2
     for df in pd.read_csv(path, chunksize=chunksize, **options):
         yield _frame_chunk(df, path, cols, start)
         start += len(df)
-
-
-def _plain_header(path: Path) -> list[str] | None:
-    """The header split at tabs as bytes, when it decodes as UTF-8 (else ``None``): equal to
-    pandas' header only when nothing in it needed parsing (quotes, BOM, duplicate names)."""
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        line = f.readline()
-    try:
-        return line.rstrip(b"\n").decode("utf-8").split("\t")
-    except UnicodeDecodeError:
-        return None
 
 
 def _raw_chunks(path: Path, header: list[str], cols: tuple[str | None, ...],

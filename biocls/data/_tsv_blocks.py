@@ -14,11 +14,11 @@ from __future__ import annotations
 import gzip
 from collections.abc import Iterator
 from pathlib import Path
-from typing import NamedTuple
+from typing import IO, NamedTuple
 
 import numpy as np
 
-__all__ = ["RawBlock", "iter_blocks", "parse_block"]
+__all__ = ["RawBlock", "iter_blocks", "parse_block", "read_header"]
 
 _TAB, _NEWLINE, _CR, _QUOTE, _ZERO = 9, 10, 13, 34, 48
 #: bytes read per block (whole lines are kept together)
@@ -36,16 +36,29 @@ class RawBlock(NamedTuple):
     counts: np.ndarray
 
 
-def iter_blocks(path: Path, block_bytes: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+def _open(path: Path) -> IO[bytes]:
+    return gzip.open(path, "rb") if path.name.endswith(".gz") else open(path, "rb")
+
+
+def read_header(path: Path) -> list[str] | None:
+    """The header line split at tabs, as bytes decoded (``None`` if not UTF-8). It equals
+    pandas' header only when nothing in it needed parsing (quotes, BOM, duplicate names)."""
+    with _open(path) as f:
+        line = f.readline()
+    try:
+        return line.rstrip(b"\n").decode("utf-8").split("\t")
+    except UnicodeDecodeError:
+        return None
+
+
+def iter_blocks(path: Path) -> Iterator[tuple[bytes, bytes]]:
     """``(header_line, block)`` pairs: each block holds whole lines (newline-terminated) of the
-    file after its header, about ``block_bytes`` (default :data:`BLOCK_BYTES`) at a time."""
-    block_bytes = block_bytes or BLOCK_BYTES
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as f:
+    file after its header, about :data:`BLOCK_BYTES` at a time."""
+    with _open(path) as f:
         header = f.readline()
         rest = b""
         while True:
-            data = f.read(block_bytes)
+            data = f.read(BLOCK_BYTES)
             if not data:
                 break
             data = rest + data

@@ -149,7 +149,7 @@ class CDR3Encoder(nn.Module):
         idx = torch.cat([idx, pos.view(1, length, 1).expand(n, length, 1)], dim=2)
         g = idx.shape[2]
         if not (torch.is_grad_enabled() and table.requires_grad):
-            # in blocks of ~2^16 positions: the per-position sums of a block stay in cache
+            # in blocks of _BLOCK_POSITIONS positions: a block's per-position sums stay in cache
             # until their max is taken (one pass over 10^6 sequences at once is ~2× slower)
             step = max(1, _BLOCK_POSITIONS // length)
             flat_idx = idx.reshape(n, -1)
