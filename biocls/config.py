@@ -107,8 +107,11 @@ class CellModel:
                 "factored logistic regression (linear), or both (ensemble: their probabilities "
                 "mixed per head; the deep path's share, 0, 0.5 or 1, is raised only where it "
                 "lowers the error on the validation patients by at least one point)")
-    linear_c: float = opt(0.01, "linear path: inverse L2 strength, as LogisticRegression's C",
-                          exclusiveMinimum=0)
+    linear_c: float = opt(0.05, "linear path: inverse penalty strength, as "
+                                "LogisticRegression's C", exclusiveMinimum=0)
+    linear_penalty: Literal["l2", "l1"] = opt(
+        "l1", "linear path: l2 (weight spread over all genes) or l1 (most genes' weights exactly "
+              "0: suits a few marker genes per class)")
     hidden: tuple[int, ...] = opt((256, 128), "mlp: hidden layer widths", minItems=1,
                                   items={"type": "integer", "minimum": 1})
     dropout: float = opt(0.2, "dropout between layers", minimum=0, exclusiveMaximum=1)

@@ -292,13 +292,71 @@ def test_linear_only_reaches_logistic_regression_on_a_separable_case() -> None:
     X[:, :6] *= 0.3  # overlap the type clusters, so that errors are possible
     Xt, tt, _ = data(1, n=400)
     Xt[:, :6] *= 0.3
-    m = CellClassifier(path="linear", linear_c=1.0, progress=False, device="cpu").fit(X, t)
+    m = CellClassifier(path="linear", linear_c=1.0, linear_penalty="l2", progress=False,
+                       device="cpu").fit(X, t)
     lr = LogisticRegression(C=1.0, max_iter=5000).fit(X, t.astype(str))
     ours, theirs = m.predict(Xt)["cell_type"], lr.predict(Xt)
     assert (ours == theirs).mean() >= 0.98
     assert (ours == tt).mean() >= (theirs == tt).mean() - 0.01
     # same optimum: same class probabilities, not only the same argmax
     np.testing.assert_allclose(m.predict_proba(Xt)["cell_type"], lr.predict_proba(Xt), atol=0.02)
+    # the default linear path (L1, C=0.05) is no less accurate on this case either
+    default = CellClassifier(path="linear", progress=False, device="cpu").fit(X, t)
+    assert default.linear_penalty == "l1"
+    assert (default.predict(Xt)["cell_type"] == tt).mean() >= (theirs == tt).mean() - 0.01
+
+
+def test_l1_linear_path_is_scikit_learns_l1_logistic_regression() -> None:
+    """``linear_penalty="l1"`` reaches the optimum of LogisticRegression(penalty="l1", C): the
+    same objective value and the same zero weights (the FISTA fit is not an approximation)."""
+    import warnings
+
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(0)
+    n, g, k = 600, 120, 4
+    X = rng.standard_normal((n, g)).astype(np.float32)
+    W = np.zeros((k, g))
+    W[:, :8] = 2 * rng.standard_normal((k, 8))  # 8 marker genes, 112 noise genes
+    t = np.array([f"T{i}" for i in (X @ W.T + rng.gumbel(size=(n, k))).argmax(1)])
+    c = 0.05
+    m = CellClassifier(path="linear", linear_c=c, linear_penalty="l1", progress=False,
+                       device="cpu").fit(X, t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # penalty= is deprecated in newer scikit-learn
+        lr = LogisticRegression(C=c, penalty="l1", solver="saga", tol=1e-6,
+                                max_iter=5000).fit(X, t)
+    w = m.net_.head.type_head.weight.detach().numpy().astype(np.float64)
+    b = m.net_.head.type_head.bias.detach().numpy().astype(np.float64)
+
+    def objective(coef: np.ndarray, bias: np.ndarray) -> float:
+        z = X @ coef.T + bias
+        z -= z.max(1, keepdims=True)
+        y = np.searchsorted(m.types_, t)
+        ce = -(z[np.arange(n), y] - np.log(np.exp(z).sum(1))).mean()
+        return float(ce + np.abs(coef).sum() / (c * n))
+
+    assert objective(w, b) == pytest.approx(objective(lr.coef_, lr.intercept_), abs=1e-3)
+    assert objective(w, b) <= objective(lr.coef_, lr.intercept_) + 1e-5
+    # most noise genes are exactly 0 for every class; most markers are not
+    assert (np.abs(w[:, 8:]).sum(0) == 0).mean() > 0.8
+    assert (np.abs(w[:, :8]).sum(0) > 0).all()
+    assert (m.predict(X)["cell_type"] == lr.predict(X)).mean() >= 0.99
+    # with L2 nothing is exactly 0
+    l2 = CellClassifier(path="linear", linear_c=c, linear_penalty="l2", progress=False,
+                        device="cpu").fit(X, t)
+    assert (l2.net_.head.type_head.weight.detach().numpy() != 0).all()
+    # what the report counts: genes with a non-zero weight for some type
+    from biocls.tasks.cells import linear_genes_used
+
+    assert linear_genes_used(m) == {"cell_type": int((np.abs(w).sum(0) > 0).sum())}
+    assert linear_genes_used(l2) == {"cell_type": g}
+
+
+def test_linear_penalty_is_checked() -> None:
+    X, t, s = data()
+    with pytest.raises(ValueError, match="linear_penalty"):
+        model(path="linear", linear_penalty="l0").fit(X, t, s)
 
 
 def test_ensemble_weight_per_head_is_the_one_with_fewest_validation_errors() -> None:

@@ -13,7 +13,7 @@ from sklearn.base import clone
 from torch import nn
 
 from biocls.estimators._base import NetEstimator
-from biocls.estimators._linear import fit_linear_heads
+from biocls.estimators._linear import PENALTIES, fit_linear_heads
 from biocls.evaluate import known_mask
 from biocls.losses import PARTIAL_MODES, masked_cross_entropy, partial_label_loss
 from biocls.models import (
@@ -47,19 +47,19 @@ class CellClassifier(NetEstimator):
     """Predict cell type and cell state from preprocessed expression.
 
     Parameters are stored untouched; :meth:`fit` validates them. ``head="factored"`` (default)
-    gives independent type and state heads; ``head="joint"`` one softmax over the type×state pairs
-    present in training. ``encoder`` is ``"mlp"`` or ``"mixer"`` (tokens are ``n_modules`` gene
-    modules found by k-means on the training cells). ``path`` says what feeds the factored
+    gives independent type and state heads; ``head="joint"`` one softmax over the type×state
+    pairs present in training. ``encoder`` is ``"mlp"`` or ``"mixer"`` (tokens are ``n_modules``
+    gene modules found by k-means on the training cells). ``path`` says what feeds the factored
     heads: ``"deep"`` the encoder; ``"linear"`` the genes directly, a factored logistic
-    regression fitted to convergence (L2 as ``LogisticRegression(C=linear_c)``, the state part
-    on the type-centred profile); ``"ensemble"`` fits both and mixes their probabilities, per
-    head, with a linear weight of 1, 0.5 or 0 chosen on the validation cells: the simplest one
-    unless another has at least :data:`MIX_MARGIN` fewer errors there (``linear_weight_``,
-    e.g. ``{"cell_type": 1.0, "cell_state": 0.5}``;
-    ``chosen_`` names each head's choice, ``"linear"``, ``"deep"`` or ``"ensemble"``; each
-    weight's validation error is in ``mix_errors_``). A few marker genes that separate two
-    look-alike types then count whatever the encoder does with them, and the deep path adds what
-    is not linear. Multi-label states and the joint head are always deep.
+    regression fitted to convergence (``LogisticRegression(penalty=linear_penalty,
+    C=linear_c)``; L1 leaves most genes at exactly 0; the state part on the type-centred
+    profile); ``"ensemble"`` fits both and mixes their probabilities, per head, with a linear
+    weight of 1, 0.5 or 0 chosen on the validation cells: the simplest one unless another has at
+    least :data:`MIX_MARGIN` fewer errors there (``linear_weight_``, e.g. ``{"cell_type": 1.0,
+    "cell_state": 0.5}``; ``chosen_`` names each head's choice, ``"linear"``, ``"deep"`` or
+    ``"ensemble"``; each weight's validation error is in ``mix_errors_``). A few marker genes
+    that separate two look-alike types then count whatever the encoder does with them, and the
+    deep path adds what is not linear. Multi-label states and the joint head are always deep.
 
     The defaults are those of the workflow's config schema (``$defs.model_cells``), so that the
     same experiment trains the same model from Python and from Snakemake.
@@ -76,7 +76,7 @@ class CellClassifier(NetEstimator):
                            "linear_weight", "mix_errors"})
 
     def __init__(self, *, encoder: str = "mlp", head: str = "factored", path: str = "ensemble",
-                 linear_c: float = 0.01,
+                 linear_c: float = 0.05, linear_penalty: str = "l1",
                  hidden: Sequence[int] = (256, 128), dropout: float = 0.2,
                  input_dropout: float = 0.5, n_modules: int = 32,
                  mixer_dim: int = 64, mixer_depth: int = 2, lr: float = 1e-3,
@@ -93,6 +93,7 @@ class CellClassifier(NetEstimator):
         self.head = head
         self.path = path
         self.linear_c = linear_c
+        self.linear_penalty = linear_penalty
         self.hidden = hidden
         self.dropout = dropout
         self.input_dropout = input_dropout
@@ -138,6 +139,9 @@ class CellClassifier(NetEstimator):
             raise ValueError(f"state_input must be one of {STATE_INPUTS}, got {self.state_input!r}")
         if self.path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
+        if self.linear_penalty not in PENALTIES:
+            raise ValueError(f"linear_penalty must be one of {PENALTIES}, "
+                             f"got {self.linear_penalty!r}")
         if (self.path == "ensemble" and self.head == "factored"
                 and self.state_mode != "multilabel"):
             return self._fit_ensemble(X, cell_type, cell_state, X_val=X_val,
@@ -181,7 +185,8 @@ class CellClassifier(NetEstimator):
             net = self.net_.to(device)
             fit_linear_heads(net.head, torch.from_numpy(X).to(device),
                              torch.from_numpy(yt).to(device), torch.from_numpy(ys).to(device),
-                             type_means=net.type_means, c=self.linear_c)
+                             type_means=net.type_means, c=self.linear_c,
+                             penalty=self.linear_penalty)
         Xt, Yt, Ys = torch.from_numpy(X), torch.from_numpy(yt), torch.from_numpy(ys)
         if device.type == "cuda" and X.nbytes < 4 * 2**30:
             # one copy up front instead of one per batch: the GPU otherwise waits on the host

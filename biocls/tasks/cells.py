@@ -455,7 +455,21 @@ def _path_choice(model: CellClassifier, plan: FoldPlan) -> dict[str, Any]:
     candidate weight's error on the fold's validation patients."""
     return {"fold": plan.fold, "chosen": model.chosen_,
             "linear_weight": getattr(model, "linear_weight_", None),
-            "validation_error": getattr(model, "mix_errors_", None)}
+            "validation_error": getattr(model, "mix_errors_", None),
+            "linear_penalty": model.linear_penalty, "linear_c": model.linear_c,
+            "genes_used": linear_genes_used(model)}
+
+
+def linear_genes_used(model: CellClassifier) -> dict[str, int] | None:
+    """How many genes each head of the linear path reads (a non-zero weight for some class):
+    with an L1 penalty most are exactly 0, and the few left are the ones a user can check."""
+    net = getattr(model, "net_", None)
+    linear = getattr(net, "linear", None) if getattr(model, "path", None) == "ensemble" else net
+    if linear is None or model.path == "deep" or model.head != "factored":
+        return None
+    heads = {"cell_type": linear.head.type_head, "cell_state": linear.head.state_head}
+    return {h: int((layer.weight.detach() != 0).any(0).sum())
+            for h, layer in heads.items() if layer is not None}
 
 
 def _has_state(obs: pd.DataFrame) -> bool:
