@@ -264,6 +264,15 @@ COHORTS: dict[str, Cohort] = {
         n_hard_pairs=3, type_effect=0.9, batch_sd=0.3, rare_state="malignant")),
     "eval_splatter_a": Cohort("evaluation", splatter_cohort(204, n_types=6)),
     "eval_splatter_b": Cohort("evaluation", splatter_cohort(205, n_types=8)),
+    # added with the L1 linear path, before that default had run on any evaluation cohort
+    "eval_sim_strong_donor": Cohort("evaluation", sim_cohort(
+        206, [["T_CD4", "activated"], ["monocyte_nonclassical", "malignant"]],
+        n_hard_pairs=3, type_effect=0.8, batch_sd=0.8)),
+    "eval_sim_rare_missing": Cohort("evaluation", sim_cohort(
+        207, [["T_CD8", "malignant"], ["B", "damaged"]],
+        n_hard_pairs=2, type_effect=0.9, batch_sd=0.4, drop_types={"NK": [0, 7]},
+        rare_state="activated")),
+    "eval_splatter_c": Cohort("evaluation", splatter_cohort(208, n_types=10)),
     "pbmc68k": Cohort("evaluation", pbmc68k),
     "wu2020": Cohort("evaluation", wu2020),
 }

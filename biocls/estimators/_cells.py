@@ -174,7 +174,7 @@ class CellClassifier(NetEstimator):
         self.n_features_in_ = X.shape[1]
         self.type_means_ = None
         if self.head == "factored" and self.state_input == "centred" and self.states_:
-            self.type_means_ = np.stack([X[yt == k].mean(0) for k in range(len(self.types_))])
+            self.type_means_ = _class_means(X, yt, len(self.types_))
         self.chosen_ = self._net_path()
         if multilabel and self.chosen_ == "linear":
             raise ValueError("path='linear' is fitted as logistic regressions, which cannot take "
@@ -511,6 +511,16 @@ def _mix_error(p_deep: np.ndarray, p_linear: np.ndarray, weight: float,
     mix = (1 - weight) * p_deep + weight * p_linear
     return float((mix.argmax(1)[ok] != codes[ok]).mean())
 
+
+
+def _class_means(X: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """Mean row of ``X`` per class ``0..k-1`` (rows with ``y < 0`` left out), as one product
+    with a one-hot matrix: boolean indexing would copy each class's rows (0.6 s at 10⁵ cells)."""
+    ok = np.flatnonzero((y >= 0) & (y < k))
+    onehot = np.zeros((k, len(ok)), dtype=X.dtype)
+    onehot[y[ok], np.arange(len(ok))] = 1.0
+    counts = onehot.sum(1, keepdims=True)
+    return (onehot @ X[ok] if len(ok) < len(y) else onehot @ X) / np.maximum(counts, 1.0)
 
 def _multilabel_codes(labels: Any, n: int, *,
                       names: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:

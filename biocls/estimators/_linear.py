@@ -72,35 +72,49 @@ def _fit_l1(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor, lam: float, max_
     by less than ``tol`` (relative) over an iteration, or after ``max_iter`` iterations.
 
     The step is found by backtracking (halved until the quadratic bound holds) and tried 25 %
-    longer at the next iteration; momentum restarts whenever the objective rises.
+    longer at the next iteration; momentum restarts whenever the objective rises. The logits
+    are linear in ``(W, b)``, so those of the extrapolated point are mixed from the two last
+    iterates' instead of recomputed: one product with ``x`` forward and one back per iteration,
+    the cost that decides the fit's time on 10⁵ cells.
     """
-    def smooth(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        logits = x @ w.T + b
-        if p_type is not None and type_means is not None:
-            logits = logits - p_type @ (type_means @ w.T)
-        return nn.functional.cross_entropy(logits, y)
+    n = len(y)
+    centred = p_type is not None and type_means is not None
 
-    def grad(w: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
-        w, b = w.detach().requires_grad_(True), b.detach().requires_grad_(True)
-        with torch.enable_grad():
-            value = smooth(w, b)
-            gw, gb = torch.autograd.grad(value, (w, b))
-        return gw, gb, float(value)
+    def logits(w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = torch.addmm(b, x, w.T)
+        if centred:
+            out -= p_type @ (type_means @ w.T)
+        return out
+
+    def loss(z: torch.Tensor) -> float:
+        return float(nn.functional.cross_entropy(z, y))
+
+    def grad(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        r = z.softmax(-1)
+        r[torch.arange(n, device=r.device), y] -= 1.0
+        r /= n
+        gw = r.T @ x
+        if centred:
+            gw -= (r.T @ p_type) @ type_means
+        return gw, r.sum(0)
 
     def shrink(w: torch.Tensor, by: float) -> torch.Tensor:
         return torch.sign(w) * (w.abs() - by).clamp_min(0.0)
 
-    w = layer.weight.detach().clone()
-    b = layer.bias.detach().clone()
-    zw, zb, t, step = w.clone(), b.clone(), 1.0, 1.0
     with torch.no_grad():
-        last = float(smooth(w, b)) + lam * float(w.abs().sum())
+        w = layer.weight.detach().clone()
+        b = layer.bias.detach().clone()
+        lw = logits(w, b)
+        zw, zb, lz, t, step = w, b, lw, 1.0, 1.0
+        last = loss(lw) + lam * float(w.abs().sum())
         for _ in range(max_iter):
-            gw, gb, fz = grad(zw, zb)
+            gw, gb = grad(lz)
+            fz = loss(lz)
             while True:
                 nw, nb = shrink(zw - step * gw, step * lam), zb - step * gb
+                ln = logits(nw, nb)
+                fn = loss(ln)
                 dw, db = nw - zw, nb - zb
-                fn = float(smooth(nw, nb))
                 bound = (fz + float((gw * dw).sum() + (gb * db).sum())
                          + float(dw.pow(2).sum() + db.pow(2).sum()) / (2.0 * step))
                 if fn <= bound + 1e-12 or step < 1e-10:
@@ -108,12 +122,12 @@ def _fit_l1(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor, lam: float, max_
                 step *= 0.5
             value = fn + lam * float(nw.abs().sum())
             if value > last:  # momentum overshot: restart from the last iterate
-                zw, zb, t = w.clone(), b.clone(), 1.0
+                zw, zb, lz, t = w, b, lw, 1.0
                 continue
             t_next = (1.0 + (1.0 + 4.0 * t * t) ** 0.5) / 2.0
-            zw = nw + ((t - 1.0) / t_next) * (nw - w)
-            zb = nb + ((t - 1.0) / t_next) * (nb - b)
-            w, b, t = nw, nb, t_next
+            beta = (t - 1.0) / t_next
+            zw, zb, lz = nw + beta * (nw - w), nb + beta * (nb - b), ln + beta * (ln - lw)
+            w, b, lw, t = nw, nb, ln, t_next
             step *= 1.25
             done = last - value <= tol * max(1.0, abs(value))
             last = value
