@@ -436,3 +436,19 @@ def test_a_model_saved_before_paths_existed_loads_as_deep(tmp_path: Path) -> Non
     assert back.path == "deep" and back.chosen_ == "deep"
     np.testing.assert_array_equal(back.predict_proba(X)["cell_type"],
                                   m.predict_proba(X)["cell_type"])
+
+
+def test_type_means_leave_out_unlabelled_rows_and_empty_types() -> None:
+    """The state head reads x minus its type's mean: a mean polluted by unlabelled cells, or NaN
+    for a type with no labelled cell, would shift every state call of that type."""
+    from biocls.estimators._cells import _class_means
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 5)).astype(np.float32)
+    y = rng.integers(0, 2, size=60)
+    y[:10] = -1
+    X[:10] += 100.0  # unlabelled rows far away: any leak moves the means
+    means = _class_means(X, y, 3)
+    for k in (0, 1):
+        np.testing.assert_allclose(means[k], X[y == k].mean(0), rtol=1e-5, atol=1e-5)
+    assert np.all(means[2] == 0.0)
