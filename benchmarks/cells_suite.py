@@ -121,7 +121,10 @@ class Cohort:
 
 # -- cohorts ---------------------------------------------------------------------------------
 def _size(args: argparse.Namespace) -> dict[str, int]:
-    return dict(QUICK if args.quick else FULL)
+    size = dict(QUICK if args.quick else FULL)
+    if getattr(args, "cells_per_patient", None):
+        size["cells_per_patient"] = args.cells_per_patient
+    return size
 
 
 def _new_donors(adata: ad.AnnData) -> list[str]:
@@ -566,6 +569,10 @@ def main() -> None:
                                         if (ROOT.parent / "shared" / "data" / "wu2020_200.h5ad")
                                         .exists() else None),
                    help="the wu2020_200.h5ad file (default: ../shared/data/ if it is there)")
+    p.add_argument("--cells-per-patient", type=int,
+                   help=f"cells per donor of the simulated cohorts (default "
+                        f"{FULL['cells_per_patient']}): how a setting fares on small cohorts, "
+                        "where a penalty per cell weighs more")
     p.add_argument("--json", help="write every number (per fold, per pair) to this file")
     p.add_argument("--quick", action="store_true",
                    help=f"tiny cohorts ({QUICK['n_patients']} donors × "

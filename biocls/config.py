@@ -107,8 +107,10 @@ class CellModel:
                 "factored logistic regression (linear), or both (ensemble: their probabilities "
                 "mixed per head; the deep path's share, 0, 0.5 or 1, is raised only where it "
                 "lowers the error on the validation patients by at least one point)")
-    linear_c: float = opt(0.05, "linear path: inverse penalty strength, as "
-                                "LogisticRegression's C", exclusiveMinimum=0)
+    linear_c: float | None = opt(
+        None, "linear path: inverse penalty strength, as LogisticRegression's C (null: 100 / "
+              "the training cells, a penalty of 0.01 on the cell-averaged loss whatever the "
+              "cohort's size)", exclusiveMinimum=0)
     linear_penalty: Literal["l2", "l1"] = opt(
         "l1", "linear path: l2 (weight spread over all genes) or l1 (most genes' weights exactly "
               "0: suits a few marker genes per class)")

@@ -359,6 +359,23 @@ def test_linear_penalty_is_checked() -> None:
         model(path="linear", linear_penalty="l0").fit(X, t, s)
 
 
+def test_default_c_scales_with_the_training_cells() -> None:
+    """scikit-learn's C is a penalty per cell: with one fixed C a small cohort is penalised far
+    harder than a large one. The default (None) must be C = LINEAR_C_CELLS / n exactly, and a
+    non-positive C an error rather than an unpenalised or sign-flipped fit."""
+    from biocls.estimators._cells import LINEAR_C_CELLS
+
+    for n in (60, 240):
+        X, t, s = data(0, n=n)
+        auto = model(path="linear").fit(X, t, s)
+        assert auto.linear_c_ == pytest.approx(LINEAR_C_CELLS / n)
+        fixed = model(path="linear", linear_c=LINEAR_C_CELLS / n).fit(X, t, s)
+        np.testing.assert_allclose(auto.net_.head.type_head.weight.detach().numpy(),
+                                   fixed.net_.head.type_head.weight.detach().numpy())
+    with pytest.raises(ValueError, match="linear_c"):
+        model(path="linear", linear_c=0.0).fit(X, t, s)
+
+
 def test_ensemble_weight_per_head_is_the_one_with_fewest_validation_errors() -> None:
     from biocls.estimators._cells import MIX_WEIGHTS, _mix_error, choose_weight
 

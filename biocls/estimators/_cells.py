@@ -43,6 +43,13 @@ MIX_WEIGHTS = (1.0, 0.5, 0.0)
 MIX_MARGIN = 0.01
 
 
+#: ``linear_c=None`` uses C = LINEAR_C_CELLS / (training cells): scikit-learn's C is a penalty
+#: per cell, so one fixed C penalises a cohort of 300 cells 8x harder than one of 2,500 (on the
+#: cell-averaged loss); this keeps it at 1 / LINEAR_C_CELLS. Chosen on the suite's tuning cohorts
+#: at 40, 100 and 350 cells per donor (benchmarks/cells_suite.py --cells-per-patient).
+LINEAR_C_CELLS = 100.0
+
+
 class CellClassifier(NetEstimator):
     """Predict cell type and cell state from preprocessed expression.
 
@@ -52,14 +59,15 @@ class CellClassifier(NetEstimator):
     gene modules found by k-means on the training cells). ``path`` says what feeds the factored
     heads: ``"deep"`` the encoder; ``"linear"`` the genes directly, a factored logistic
     regression fitted to convergence (``LogisticRegression(penalty=linear_penalty,
-    C=linear_c)``; L1 leaves most genes at exactly 0; the state part on the type-centred
-    profile); ``"ensemble"`` fits both and mixes their probabilities, per head, with a linear
-    weight of 1, 0.5 or 0 chosen on the validation cells: the simplest one unless another has at
-    least :data:`MIX_MARGIN` fewer errors there (``linear_weight_``, e.g. ``{"cell_type": 1.0,
-    "cell_state": 0.5}``; ``chosen_`` names each head's choice, ``"linear"``, ``"deep"`` or
-    ``"ensemble"``; each weight's validation error is in ``mix_errors_``). A few marker genes
-    that separate two look-alike types then count whatever the encoder does with them, and the
-    deep path adds what is not linear. Multi-label states and the joint head are always deep.
+    C=linear_c)``, C from :data:`LINEAR_C_CELLS` when ``None``; L1 leaves most genes at 0; the
+    state part on the type-centred profile); ``"ensemble"`` fits both and mixes their
+    probabilities, per head, with a linear weight of 1, 0.5 or 0 chosen on the validation cells:
+    the simplest one unless another has at least :data:`MIX_MARGIN` fewer errors there
+    (``linear_weight_``, e.g. ``{"cell_type": 1.0, "cell_state": 0.5}``; ``chosen_`` names each
+    head's choice, ``"linear"``, ``"deep"`` or ``"ensemble"``; each weight's validation error is
+    in ``mix_errors_``). A few marker genes that separate two look-alike types then count
+    whatever the encoder does with them, and the deep path adds what is not linear. Multi-label
+    states and the joint head are always deep.
 
     The defaults are those of the workflow's config schema (``$defs.model_cells``), so that the
     same experiment trains the same model from Python and from Snakemake.
@@ -76,7 +84,7 @@ class CellClassifier(NetEstimator):
                            "linear_weight", "mix_errors"})
 
     def __init__(self, *, encoder: str = "mlp", head: str = "factored", path: str = "ensemble",
-                 linear_c: float = 0.05, linear_penalty: str = "l1",
+                 linear_c: float | None = None, linear_penalty: str = "l1",
                  hidden: Sequence[int] = (256, 128), dropout: float = 0.2,
                  input_dropout: float = 0.5, n_modules: int = 32,
                  mixer_dim: int = 64, mixer_depth: int = 2, lr: float = 1e-3,
@@ -139,6 +147,8 @@ class CellClassifier(NetEstimator):
             raise ValueError(f"state_input must be one of {STATE_INPUTS}, got {self.state_input!r}")
         if self.path not in PATHS:
             raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
+        if self.linear_c is not None and not self.linear_c > 0:
+            raise ValueError(f"linear_c must be > 0 or None, got {self.linear_c!r}")
         if self.linear_penalty not in PENALTIES:
             raise ValueError(f"linear_penalty must be one of {PENALTIES}, "
                              f"got {self.linear_penalty!r}")
@@ -183,9 +193,11 @@ class CellClassifier(NetEstimator):
         device = resolve_device(self.device)
         if self.chosen_ == "linear":
             net = self.net_.to(device)
+            self.linear_c_ = (self.linear_c if self.linear_c is not None
+                              else LINEAR_C_CELLS / max(int((yt >= 0).sum()), 1))
             fit_linear_heads(net.head, torch.from_numpy(X).to(device),
                              torch.from_numpy(yt).to(device), torch.from_numpy(ys).to(device),
-                             type_means=net.type_means, c=self.linear_c,
+                             type_means=net.type_means, c=self.linear_c_,
                              penalty=self.linear_penalty)
         Xt, Yt, Ys = torch.from_numpy(X), torch.from_numpy(yt), torch.from_numpy(ys)
         if device.type == "cuda" and X.nbytes < 4 * 2**30:
@@ -286,6 +298,7 @@ class CellClassifier(NetEstimator):
                 errors = {w: _mix_error(pa[h], pb[h], w, *labels[h]) for w in MIX_WEIGHTS}
                 weights[h] = choose_weight(errors)
                 self.mix_errors_[h] = {str(w): round(e, 5) for w, e in errors.items()}
+        self.linear_c_ = linear.linear_c_
         self.linear_weight_ = {h: float(w) for h, w in weights.items()}
         self.chosen_ = {h: {0.0: "deep", 1.0: "linear"}.get(w, "ensemble")
                         for h, w in self.linear_weight_.items()}

@@ -456,7 +456,8 @@ def _path_choice(model: CellClassifier, plan: FoldPlan) -> dict[str, Any]:
     return {"fold": plan.fold, "chosen": model.chosen_,
             "linear_weight": getattr(model, "linear_weight_", None),
             "validation_error": getattr(model, "mix_errors_", None),
-            "linear_penalty": model.linear_penalty, "linear_c": model.linear_c,
+            "linear_penalty": model.linear_penalty,
+            "linear_c": getattr(model, "linear_c_", model.linear_c),
             "genes_used": linear_genes_used(model)}
 
 
