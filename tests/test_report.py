@@ -565,7 +565,7 @@ def test_index_says_what_each_fold_chose_for_each_head(tmp_path: Path) -> None:
          "linear_weight": {"cell_state": 0.5, "cell_type": 1.0}},
         {"fold": "1", "chosen": {"cell_type": "deep", "cell_state": "linear"},
          "linear_weight": {"cell_type": 0.0, "cell_state": 1.0}, "linear_penalty": "l1",
-         "linear_c": 0.05, "genes_used": {"cell_type": 37, "cell_state": 112}}]}
+         "linear_c": 0.05, "genes_used": {"cell_state": 112, "cell_type": 37}}]}
     (results / "metrics.json").write_text(json.dumps(m))
     index = (results / "reports" / "index.html")
     render_reports(results)
