@@ -525,7 +525,6 @@ def _mix_error(p_deep: np.ndarray, p_linear: np.ndarray, weight: float,
     return float((mix.argmax(1)[ok] != codes[ok]).mean())
 
 
-
 def _class_means(X: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
     """Mean row of ``X`` per class ``0..k-1`` (rows with ``y < 0`` left out), as one product
     with a one-hot matrix: boolean indexing would copy each class's rows (0.6 s at 10⁵ cells)."""
@@ -534,6 +533,7 @@ def _class_means(X: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
     onehot[y[ok], np.arange(len(ok))] = 1.0
     counts = onehot.sum(1, keepdims=True)
     return (onehot @ X[ok] if len(ok) < len(y) else onehot @ X) / np.maximum(counts, 1.0)
+
 
 def _multilabel_codes(labels: Any, n: int, *,
                       names: Sequence[str] | None = None) -> tuple[list[str], np.ndarray]:

@@ -452,13 +452,14 @@ def _mark_seen(bundle: CellModelBundle, adata: ad.AnnData, source: str) -> int |
 
 def _path_choice(model: CellClassifier, plan: FoldPlan) -> dict[str, Any]:
     """What fed the heads in this fold; for ``path: ensemble`` the linear path's weight and each
-    candidate weight's error on the fold's validation patients."""
+    candidate weight's error on the fold's validation patients. The penalty and C are those of
+    the linear net fitted; ``None`` where none was (a deep-only fit, e.g. multi-label states)."""
+    fitted_c = getattr(model, "linear_c_", None)
     return {"fold": plan.fold, "chosen": model.chosen_,
             "linear_weight": getattr(model, "linear_weight_", None),
             "validation_error": getattr(model, "mix_errors_", None),
-            "linear_penalty": model.linear_penalty,
-            "linear_c": getattr(model, "linear_c_", model.linear_c),
-            "genes_used": linear_genes_used(model)}
+            "linear_penalty": model.linear_penalty if fitted_c is not None else None,
+            "linear_c": fitted_c, "genes_used": linear_genes_used(model)}
 
 
 def linear_genes_used(model: CellClassifier) -> dict[str, int] | None:
