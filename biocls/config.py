@@ -110,10 +110,16 @@ class CellModel:
     linear_c: float | None = opt(
         None, "linear path: inverse penalty strength, as LogisticRegression's C (null: 100 / "
               "the training cells, a penalty of 0.01 on the cell-averaged loss whatever the "
-              "cohort's size)", exclusiveMinimum=0)
-    linear_penalty: Literal["l2", "l1"] = opt(
-        "l1", "linear path: l2 (weight spread over all genes) or l1 (most genes' weights exactly "
-              "0: suits a few marker genes per class)")
+              "cohort's size); with linear_penalty auto, the C of its l1 candidate",
+        exclusiveMinimum=0)
+    linear_penalty: Literal["auto", "l2", "l1"] = opt(
+        "auto", "linear path: l1 (most genes' weights exactly 0: a few marker genes per class), "
+                "l2 (weight spread over all genes), or auto: per head, l1 unless scikit-learn's "
+                "default logistic regression (l2, C = 1) makes at least one point fewer errors "
+                "on the validation patients")
+    linear_refit: bool = opt(
+        True, "linear path: once the validation patients have chosen the penalty (and the "
+              "ensemble's mix), refit the linear net on training and validation patients")
     hidden: tuple[int, ...] = opt((256, 128), "mlp: hidden layer widths", minItems=1,
                                   items={"type": "integer", "minimum": 1})
     dropout: float = opt(0.2, "dropout between layers", minimum=0, exclusiveMaximum=1)

@@ -122,8 +122,11 @@ def test_the_ensemble_weight_is_chosen_on_validation_patients_never_test_ones(
     for fold in chosen["by_fold"]:
         assert set(fold["linear_weight"]) == {"cell_type", "cell_state"}
         assert set(fold["validation_error"]["cell_type"]) == {"1.0", "0.5", "0.0"}
-        # the L1 linear path reads some genes, never more than the 100 selected ones
-        assert fold["linear_penalty"] == "l1"
+        # each head's penalty was chosen on the validation patients (their errors recorded),
+        # and the linear net then refitted with them; the genes it reads are among the 100
+        assert set(fold["linear_penalty_error"]["cell_type"]) == {"l1", "l2"}
+        assert set(fold["linear_penalty"].values()) <= {"l1", "l2"}
+        assert fold["linear_refitted"] is True
         assert set(fold["genes_used"]) == {"cell_type", "cell_state"}
         assert all(0 < n <= 100 for n in fold["genes_used"].values())
     cells_of = res.predictions.groupby("patient").size()  # every kept cell, once, out of fold

@@ -302,7 +302,7 @@ def test_linear_only_reaches_logistic_regression_on_a_separable_case() -> None:
     np.testing.assert_allclose(m.predict_proba(Xt)["cell_type"], lr.predict_proba(Xt), atol=0.02)
     # the default linear path (L1, C=0.05) is no less accurate on this case either
     default = CellClassifier(path="linear", progress=False, device="cpu").fit(X, t)
-    assert default.linear_penalty == "l1"
+    assert default.linear_penalty_ == {"cell_type": "l1"}  # no validation cells: auto keeps L1
     assert (default.predict(Xt)["cell_type"] == tt).mean() >= (theirs == tt).mean() - 0.01
 
 
@@ -368,7 +368,7 @@ def test_default_c_scales_with_the_training_cells() -> None:
     for n in (60, 240):
         X, t, s = data(0, n=n)
         auto = model(path="linear").fit(X, t, s)
-        assert auto.linear_c_ == pytest.approx(LINEAR_C_CELLS / n)
+        assert auto.linear_c_["cell_type"] == pytest.approx(LINEAR_C_CELLS / n)
         fixed = model(path="linear", linear_c=LINEAR_C_CELLS / n).fit(X, t, s)
         np.testing.assert_allclose(auto.net_.head.type_head.weight.detach().numpy(),
                                    fixed.net_.head.type_head.weight.detach().numpy())
@@ -376,13 +376,80 @@ def test_default_c_scales_with_the_training_cells() -> None:
         model(path="linear", linear_c=0.0).fit(X, t, s)
 
 
+def _penalty_case(dense: bool, n: int, seed: int = 0):
+    """Types from many weak genes (``dense``) or from 4 strong markers among 196 noise genes."""
+    rng = np.random.default_rng(seed)
+    g, k = 200, 3
+    W = np.zeros((k, g))
+    if dense:
+        W[:] = 0.25 * rng.standard_normal((k, g))
+    else:
+        W[:, :4] = 3 * rng.standard_normal((k, 4))
+    draw = np.random.default_rng(seed + 100)
+    X = draw.standard_normal((n, g)).astype(np.float32)
+    t = np.array([f"T{i}" for i in (X @ W.T + draw.gumbel(size=(n, k))).argmax(1)], dtype=object)
+    return X, t
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_auto_penalty_keeps_l1_unless_l2_errs_less_on_the_validation_cells(dense: bool) -> None:
+    """``linear_penalty="auto"`` scores both candidates on the validation cells and keeps L1
+    unless L2 errs less by the margin: many weak genes call for L2, a few markers for L1."""
+    from biocls.estimators._cells import MIX_MARGIN
+
+    cells, types = _penalty_case(dense, n=420)
+    X, t, Xv, tv = cells[:120], types[:120], cells[120:], types[120:]
+    m = model(path="linear").fit(X, t, X_val=Xv, cell_type_val=tv)
+    errors = m.linear_errors_["cell_type"]
+    assert set(errors) == {"l1", "l2"}
+    # each recorded error is that candidate's, fitted on the training cells alone
+    for pen, c in (("l1", None), ("l2", 1.0)):
+        alone = model(path="linear", linear_penalty=pen, linear_c=c).fit(X, t)
+        wrong = (alone.predict(Xv)["cell_type"] != tv).mean()
+        assert errors[pen] == pytest.approx(wrong, abs=1e-5)
+    want = "l1" if errors["l1"] <= errors["l2"] + MIX_MARGIN else "l2"
+    assert m.linear_penalty_ == {"cell_type": want}
+    assert want == ("l2" if dense else "l1")
+    assert m.linear_c_["cell_type"] == pytest.approx(1.0 if dense else 100 / 420)  # refitted
+
+
+def test_the_linear_refit_adds_the_validation_cells_only_after_they_chose() -> None:
+    """With ``linear_refit`` the choices (penalty, mix weight) and their recorded errors are
+    those of the fits on training cells only; only then is the linear net refitted, on training
+    + validation cells, with C per cell following the larger n."""
+    X, t, s = data(0, n=120)
+    Xv, tv, sv = data(1, n=40)
+    kw = dict(path="ensemble", max_epochs=3)
+    no = model(linear_refit=False, **kw).fit(X, t, s, X_val=Xv, cell_type_val=tv,
+                                             cell_state_val=sv)
+    yes = model(**kw).fit(X, t, s, X_val=Xv, cell_type_val=tv, cell_state_val=sv)
+    assert yes.mix_errors_ == no.mix_errors_ and yes.linear_weight_ == no.linear_weight_
+    assert yes.linear_errors_ == no.linear_errors_
+    assert yes.linear_penalty_ == no.linear_penalty_
+    assert getattr(no, "linear_refitted_", False) is False and yes.linear_refitted_ is True
+    for key, value in yes.net_.deep.state_dict().items():  # the deep net is not refitted
+        torch.testing.assert_close(value, no.net_.deep.state_dict()[key])
+    # the refitted type head is the one fitted on all 160 cells with the chosen penalty
+    pen = yes.linear_penalty_["cell_type"]
+    both = model(path="linear", linear_penalty=pen).fit(np.concatenate([X, Xv]),
+                                                         np.concatenate([t, tv]))
+    assert yes.linear_c_["cell_type"] == pytest.approx(both.linear_c_["cell_type"])
+    if pen == "l1":
+        assert yes.linear_c_["cell_type"] == pytest.approx(100 / 160)
+    torch.testing.assert_close(yes.net_.linear.head.type_head.weight,
+                               both.net_.head.type_head.weight, rtol=1e-4, atol=1e-5)
+    assert not torch.equal(yes.net_.linear.head.type_head.weight,
+                           no.net_.linear.head.type_head.weight)
+
+
 def test_ensemble_weight_per_head_is_the_one_with_fewest_validation_errors() -> None:
     from biocls.estimators._cells import MIX_WEIGHTS, _mix_error, choose_weight
 
     X, t, s = data(0, n=120)
     Xv, tv, sv = data(1, n=40)
-    m = model(path="ensemble", max_epochs=3).fit(X, t, s, X_val=Xv, cell_type_val=tv,
-                                                  cell_state_val=sv)
+    # without the refit, the members here are the ones the validation cells scored
+    m = model(path="ensemble", max_epochs=3, linear_refit=False).fit(
+        X, t, s, X_val=Xv, cell_type_val=tv, cell_state_val=sv)
     for head, labels, vocab in (("cell_type", tv, m.types_), ("cell_state", sv, m.states_)):
         errors = m.mix_errors_[head]
         assert set(errors) == {str(w) for w in MIX_WEIGHTS}
@@ -469,3 +536,31 @@ def test_type_means_leave_out_unlabelled_rows_and_empty_types() -> None:
     for k in (0, 1):
         np.testing.assert_allclose(means[k], X[y == k].mean(0), rtol=1e-5, atol=1e-5)
     assert np.all(means[2] == 0.0)
+
+
+def test_byte_dropout_drops_the_rounded_rate_and_keeps_the_mean() -> None:
+    """The MLP's cheap CPU dropout: drops ``round(256·p)/256`` of the values, scales the rest so
+    the mean is unchanged, lets gradients through the kept values only, is the identity in
+    eval mode, and repeats under the same seed."""
+    from biocls.models._encoders import ByteDropout
+
+    drop = ByteDropout(0.2)
+    x = torch.ones(1000, 500)
+    torch.manual_seed(0)
+    y = drop(x)
+    assert float((y == 0).float().mean()) == pytest.approx(51 / 256, abs=0.003)
+    assert float(y.mean()) == pytest.approx(1.0, abs=0.005)
+    assert torch.unique(y).tolist() == pytest.approx([0.0, 256 / 205])
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)
+    # no two rows share a mask (the bytes of one 64-bit draw go to different elements)
+    assert len({tuple(r) for r in (y[:50] == 0).int().tolist()}) == 50
+    v = torch.randn(64, 32, requires_grad=True)
+    out = drop(v)
+    out.sum().backward()
+    assert torch.equal(v.grad != 0, out != 0)
+    drop.eval()
+    assert drop(x) is x
+    assert ByteDropout(0.0)(x) is x
+    with pytest.raises(ValueError, match="dropout"):
+        ByteDropout(1.0)

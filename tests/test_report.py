@@ -560,9 +560,14 @@ def test_a_bundle_too_large_for_a_data_url_drops_the_patients_figures(
 def test_index_says_what_each_fold_chose_for_each_head(tmp_path: Path) -> None:
     results = _cells_results(tmp_path)
     m = json.loads((results / "metrics.json").read_text())
-    m["model_path"] = {"setting": "ensemble", "by_fold": [  # as json.dumps(sort_keys) leaves it
+    m["model_path"] = {"setting": "ensemble", "linear_penalty": "auto", "by_fold": [
+        # as json.dumps(sort_keys) leaves it; fold 1 as metrics.json had it before per-head
+        # penalties (one penalty and C for both heads)
         {"fold": "0", "chosen": {"cell_state": "ensemble", "cell_type": "linear"},
-         "linear_weight": {"cell_state": 0.5, "cell_type": 1.0}},
+         "linear_weight": {"cell_state": 0.5, "cell_type": 1.0}, "linear_refitted": True,
+         "linear_penalty": {"cell_state": "l2", "cell_type": "l1"},
+         "linear_c": {"cell_state": 1.0, "cell_type": 0.0213},
+         "genes_used": {"cell_state": 765, "cell_type": 41}},
         {"fold": "1", "chosen": {"cell_type": "deep", "cell_state": "linear"},
          "linear_weight": {"cell_type": 0.0, "cell_state": 1.0}, "linear_penalty": "l1",
          "linear_c": 0.05, "genes_used": {"cell_state": 112, "cell_type": 37}}]}
@@ -571,6 +576,18 @@ def test_index_says_what_each_fold_chose_for_each_head(tmp_path: Path) -> None:
     render_reports(results)
     text = index.read_text()
     assert "what feeds the heads" in text
-    assert ("Fold 0: type <strong>linear</strong>, state <strong>ensemble</strong>; "
-            "Fold 1: type <strong>deep</strong>, state <strong>linear</strong> "
-            "(genes the linear net reads: type 37, state 112).") in text
+    assert "unless scikit-learn's default L2 logistic regression (C = 1)" in text
+    assert "refitted on the training and validation patients" in text
+    assert ("Fold 0: type <strong>linear</strong> (L1, C = 0.0213, 41 genes), "
+            "state <strong>ensemble</strong> (L2, C = 1, 765 genes); "
+            "Fold 1: type <strong>deep</strong> (L1, C = 0.05, 37 genes), "
+            "state <strong>linear</strong> (L1, C = 0.05, 112 genes).") in text
+    # a deep-only fold names no penalty, and a fixed penalty no choice between two
+    m["model_path"] = {"setting": "ensemble", "linear_penalty": "l1", "by_fold": [
+        {"fold": "0", "chosen": "deep", "linear_penalty": None, "linear_c": None,
+         "genes_used": None}]}
+    (results / "metrics.json").write_text(json.dumps(m))
+    render_reports(results)
+    text = index.read_text()
+    assert "Fold 0: <strong>deep</strong>." in text
+    assert "default L2" not in text and "refitted" not in text

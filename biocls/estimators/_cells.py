@@ -13,7 +13,7 @@ from sklearn.base import clone
 from torch import nn
 
 from biocls.estimators._base import NetEstimator
-from biocls.estimators._linear import PENALTIES, fit_linear_heads
+from biocls.estimators._linear import PENALTIES, fit_state_head, fit_type_head
 from biocls.evaluate import known_mask
 from biocls.losses import PARTIAL_MODES, masked_cross_entropy, partial_label_loss
 from biocls.models import (
@@ -48,6 +48,13 @@ MIX_MARGIN = 0.01
 #: cell-averaged loss); this keeps it at 1 / LINEAR_C_CELLS. Chosen on the suite's tuning cohorts
 #: at 40, 100 and 350 cells per donor (benchmarks/cells_suite.py --cells-per-patient).
 LINEAR_C_CELLS = 100.0
+#: ``linear_penalty="auto"``'s second candidate: scikit-learn's default logistic regression (L2,
+#: C = 1), which spreads weight over every gene that helps; the first is L1 (a few marker genes
+#: per class). Where many genes carry a little of the signal (scanpy's scaled PBMCs) the sparse
+#: fit loses; the validation patients tell which kind of cohort this is.
+LINEAR_L2_C = 1.0
+#: what ``linear_penalty`` takes
+LINEAR_PENALTIES = ("auto", *PENALTIES)
 
 
 class CellClassifier(NetEstimator):
@@ -60,9 +67,14 @@ class CellClassifier(NetEstimator):
     heads: ``"deep"`` the encoder; ``"linear"`` the genes directly, a factored logistic
     regression fitted to convergence (``LogisticRegression(penalty=linear_penalty,
     C=linear_c)``, C from :data:`LINEAR_C_CELLS` when ``None``; L1 leaves most genes at 0; the
-    state part on the type-centred profile); ``"ensemble"`` fits both and mixes their
-    probabilities, per head, with a linear weight of 1, 0.5 or 0 chosen on the validation cells:
-    the simplest one unless another has at least :data:`MIX_MARGIN` fewer errors there
+    state part on the type-centred profile; ``linear_penalty="auto"`` fits L1 and scikit-learn's
+    default L2 (:data:`LINEAR_L2_C`) per head and keeps L1 unless L2 has at least
+    :data:`MIX_MARGIN` fewer errors on the validation cells: ``linear_penalty_``, ``linear_c_``,
+    ``linear_errors_``; with ``linear_refit`` the chosen fits are then redone on training and
+    validation cells, as ``LogisticRegressionCV(refit=True)`` does); ``"ensemble"`` fits both
+    and mixes their probabilities, per head, with a linear weight of 1, 0.5 or 0 chosen on the
+    validation cells: the simplest one unless another has at least :data:`MIX_MARGIN` fewer
+    errors there
     (``linear_weight_``, e.g. ``{"cell_type": 1.0, "cell_state": 0.5}``; ``chosen_`` names each
     head's choice, ``"linear"``, ``"deep"`` or ``"ensemble"``; each weight's validation error is
     in ``mix_errors_``). A few marker genes that separate two look-alike types then count
@@ -84,7 +96,8 @@ class CellClassifier(NetEstimator):
                            "linear_weight", "mix_errors"})
 
     def __init__(self, *, encoder: str = "mlp", head: str = "factored", path: str = "ensemble",
-                 linear_c: float | None = None, linear_penalty: str = "l1",
+                 linear_c: float | None = None, linear_penalty: str = "auto",
+                 linear_refit: bool = True,
                  hidden: Sequence[int] = (256, 128), dropout: float = 0.2,
                  input_dropout: float = 0.5, n_modules: int = 32,
                  mixer_dim: int = 64, mixer_depth: int = 2, lr: float = 1e-3,
@@ -102,6 +115,7 @@ class CellClassifier(NetEstimator):
         self.path = path
         self.linear_c = linear_c
         self.linear_penalty = linear_penalty
+        self.linear_refit = linear_refit
         self.hidden = hidden
         self.dropout = dropout
         self.input_dropout = input_dropout
@@ -149,8 +163,8 @@ class CellClassifier(NetEstimator):
             raise ValueError(f"path must be one of {PATHS}, got {self.path!r}")
         if self.linear_c is not None and not self.linear_c > 0:
             raise ValueError(f"linear_c must be > 0 or None, got {self.linear_c!r}")
-        if self.linear_penalty not in PENALTIES:
-            raise ValueError(f"linear_penalty must be one of {PENALTIES}, "
+        if self.linear_penalty not in LINEAR_PENALTIES:
+            raise ValueError(f"linear_penalty must be one of {LINEAR_PENALTIES}, "
                              f"got {self.linear_penalty!r}")
         if (self.path == "ensemble" and self.head == "factored"
                 and self.state_mode != "multilabel"):
@@ -191,16 +205,8 @@ class CellClassifier(NetEstimator):
                              "the partial-label loss of multi-label states; use 'deep'")
         self.net_ = self._build()
         device = resolve_device(self.device)
-        if self.chosen_ == "linear":
-            net = self.net_.to(device)
-            self.linear_c_ = (self.linear_c if self.linear_c is not None
-                              else LINEAR_C_CELLS / max(int((yt >= 0).sum()), 1))
-            fit_linear_heads(net.head, torch.from_numpy(X).to(device),
-                             torch.from_numpy(yt).to(device), torch.from_numpy(ys).to(device),
-                             type_means=net.type_means, c=self.linear_c_,
-                             penalty=self.linear_penalty)
         Xt, Yt, Ys = torch.from_numpy(X), torch.from_numpy(yt), torch.from_numpy(ys)
-        if device.type == "cuda" and X.nbytes < 4 * 2**30:
+        if device.type == "cuda" and X.nbytes < 4 * 2**30 and self.chosen_ != "linear":
             # one copy up front instead of one per batch: the GPU otherwise waits on the host
             Xt, Yt, Ys = Xt.to(device), Yt.to(device), Ys.to(device)
         pair_of = self._pair_lookup() if self.head == "joint" else None
@@ -249,13 +255,9 @@ class CellClassifier(NetEstimator):
                           checkpoint_dir=checkpoint_dir, progress=self.progress,
                           desc=f"{self.encoder}/{self.head}",
                           plateau=max(1, self.patience // 3) if self.lr_decay else None)
-        if self.chosen_ == "linear":  # fitted to convergence above: nothing left to train
-            self.history_ = TrainHistory()
-            if validate is not None:
-                self.net_.eval()
-                with torch.no_grad():
-                    score = float(validate(self.net_))
-                self.history_ = TrainHistory(val_score=[score], best_epoch=0, best_score=score)
+        if self.chosen_ == "linear":  # fitted to convergence: nothing to train by epochs
+            val = None if validate is None else (Xv.numpy(), Yv.numpy(), Sv.numpy())
+            self._fit_linear(X, yt, ys, val=val, validate=validate)
         else:
             self.history_ = trainer.fit(self.net_, batches=batches, loss=loss,
                                         validate=validate, signature=self._signature(X, yt, ys))
@@ -268,6 +270,83 @@ class CellClassifier(NetEstimator):
             return "deep"
         return self.path
 
+    def _linear_candidates(self) -> list[tuple[str, float | None]]:
+        """(penalty, C) pairs to fit, simplest first; C ``None`` is LINEAR_C_CELLS per cell."""
+        if self.linear_penalty == "auto":
+            return [("l1", self.linear_c), ("l2", LINEAR_L2_C)]
+        return [(self.linear_penalty, self.linear_c)]
+
+    def _fit_linear(self, X: np.ndarray, yt: np.ndarray, ys: np.ndarray, *,
+                    val: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+                    validate: Any = None) -> None:
+        """The linear net, head by head (type first: the state head reads its centring): each
+        candidate penalty fitted on the training cells, the first within :data:`MIX_MARGIN` of
+        the fewest validation errors kept; then, with ``linear_refit``, the kept ones refitted on
+        training + validation cells. ``history_`` scores the validation cells before that."""
+        device = resolve_device(self.device)
+        net = self.net_.to(device)
+        heads = net.head
+        names = ["cell_type"] + (["cell_state"] if self.states_ and heads.state_head is not None
+                                 else [])
+        Xt = torch.from_numpy(X).to(device)
+        targets = {"cell_type": torch.from_numpy(yt).to(device),
+                   "cell_state": torch.from_numpy(ys).to(device)}
+        n = max(int((yt >= 0).sum()), 1)
+        candidates = self._linear_candidates()
+        self.linear_penalty_: dict[str, str] = {}
+        self.linear_c_: dict[str, float] = {}
+        self.linear_errors_: dict[str, dict[str, float]] | None = (
+            {} if val is not None and len(candidates) > 1 else None)
+        for name in names:
+            layer = heads.type_head if name == "cell_type" else heads.state_head
+            fits: dict[str, tuple[float, float, dict[str, torch.Tensor]]] = {}
+            for penalty, c in candidates:
+                c = c if c is not None else LINEAR_C_CELLS / n
+                self._fit_linear_head(name, Xt, targets[name], c, penalty)
+                error = (_head_error(net, name, val, device)
+                         if self.linear_errors_ is not None else 0.0)
+                fits[penalty] = (c, error, {k: v.clone() for k, v in layer.state_dict().items()})
+            best = min(e for _, e, _ in fits.values())
+            keep = next(p for p, (_, e, _) in fits.items() if e <= best + MIX_MARGIN + 1e-12)
+            layer.load_state_dict(fits[keep][2])
+            self.linear_penalty_[name], self.linear_c_[name] = keep, fits[keep][0]
+            if self.linear_errors_ is not None:
+                self.linear_errors_[name] = {p: round(e, 5) for p, (_, e, _) in fits.items()}
+        self.history_ = TrainHistory()
+        if validate is not None:
+            net.eval()
+            with torch.no_grad():
+                score = float(validate(net))
+            self.history_ = TrainHistory(val_score=[score], best_epoch=0, best_score=score)
+        if self.linear_refit and val is not None and len(val[0]):
+            self._refit_linear(np.concatenate([X, val[0]]), np.concatenate([yt, val[1]]),
+                               np.concatenate([ys, val[2]]))
+
+    def _fit_linear_head(self, name: str, X: torch.Tensor, y: torch.Tensor, c: float,
+                         penalty: str) -> None:
+        net = self.net_
+        if name == "cell_type":
+            fit_type_head(net.head, X, y, c=c, penalty=penalty)
+        else:
+            fit_state_head(net.head, X, y, type_means=net.type_means, c=c, penalty=penalty)
+
+    def _refit_linear(self, X: np.ndarray, yt: np.ndarray, ys: np.ndarray) -> None:
+        """Refit each head of the linear net with its chosen penalty on ``X`` (training plus
+        validation cells: the choice is made, so they only add data); an n-scaled C follows the
+        larger n. Type means stay those of the training cells, as the deep path's."""
+        device = resolve_device(self.device)
+        self.net_.to(device)
+        Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)).to(device)
+        targets = {"cell_type": torch.from_numpy(yt).to(device),
+                   "cell_state": torch.from_numpy(ys).to(device)}
+        n = max(int((yt >= 0).sum()), 1)
+        spec = dict(self._linear_candidates())
+        for name, penalty in self.linear_penalty_.items():
+            c = spec[penalty] if spec[penalty] is not None else LINEAR_C_CELLS / n
+            self._fit_linear_head(name, Xt, targets[name], c, penalty)
+            self.linear_c_[name] = c
+        self.linear_refitted_ = True
+
     def _fit_ensemble(self, X: np.ndarray, cell_type: Sequence[str], cell_state: Any, *,
                       X_val: np.ndarray | None, cell_type_val: Sequence[str] | None,
                       cell_state_val: Any, checkpoint_dir: str | Path | None) -> CellClassifier:
@@ -278,7 +357,8 @@ class CellClassifier(NetEstimator):
         """
         members = {}
         for path in ("deep", "linear"):
-            members[path] = clone(self).set_params(path=path).fit(
+            # the linear member is refitted on the validation cells only after they chose the mix
+            members[path] = clone(self).set_params(path=path, linear_refit=False).fit(
                 X, cell_type, cell_state, X_val=X_val, cell_type_val=cell_type_val,
                 cell_state_val=cell_state_val,
                 checkpoint_dir=Path(checkpoint_dir) / path if checkpoint_dir else None)
@@ -298,7 +378,18 @@ class CellClassifier(NetEstimator):
                 errors = {w: _mix_error(pa[h], pb[h], w, *labels[h]) for w in MIX_WEIGHTS}
                 weights[h] = choose_weight(errors)
                 self.mix_errors_[h] = {str(w): round(e, 5) for w, e in errors.items()}
-        self.linear_c_ = linear.linear_c_
+        if self.linear_refit and X_val is not None and len(X_val):
+            linear._refit_linear(
+                np.concatenate([np.asarray(X, dtype=np.float32),
+                                np.asarray(X_val, dtype=np.float32)]),
+                np.concatenate([self._codes(cell_type, self.types_),
+                                self._codes(cell_type_val, self.types_, unknown_ok=True)]),
+                np.concatenate([self._codes(cell_state, self.states_, n=len(X)),
+                                self._codes(cell_state_val, self.states_, n=len(X_val),
+                                            unknown_ok=True)]))
+        for key in ("linear_penalty_", "linear_c_", "linear_errors_", "linear_refitted_"):
+            if hasattr(linear, key):
+                setattr(self, key, getattr(linear, key))
         self.linear_weight_ = {h: float(w) for h, w in weights.items()}
         self.chosen_ = {h: {0.0: "deep", 1.0: "linear"}.get(w, "ensemble")
                         for h, w in self.linear_weight_.items()}
@@ -523,6 +614,24 @@ def _mix_error(p_deep: np.ndarray, p_linear: np.ndarray, weight: float,
         return 0.0
     mix = (1 - weight) * p_deep + weight * p_linear
     return float((mix.argmax(1)[ok] != codes[ok]).mean())
+
+
+def _head_error(net: nn.Module, name: str, val: tuple[np.ndarray, np.ndarray, np.ndarray],
+                device: torch.device) -> float:
+    """Error rate of one head of ``net`` on the annotated validation cells ``(X, types,
+    states)`` (integer codes, -1 unknown)."""
+    X, yt, ys = val
+    codes = yt if name == "cell_type" else ys
+    if not (codes >= 0).any():
+        return 0.0
+    net.eval()
+    wrong = 0
+    with torch.no_grad():
+        for i in range(0, len(X), 8192):
+            call = net(torch.from_numpy(X[i:i + 8192]).to(device))[name].argmax(1).cpu().numpy()
+            c = codes[i:i + 8192]
+            wrong += int((call[c >= 0] != c[c >= 0]).sum())
+    return wrong / int((codes >= 0).sum())
 
 
 def _class_means(X: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["PENALTIES", "fit_linear_heads"]
+__all__ = ["PENALTIES", "fit_linear_heads", "fit_state_head", "fit_type_head"]
 
 #: the linear path's penalties, as ``LogisticRegression(penalty=...)``
 PENALTIES = ("l2", "l1")
@@ -137,20 +137,22 @@ def _fit_l1(layer: nn.Linear, x: torch.Tensor, y: torch.Tensor, lam: float, max_
         layer.bias.copy_(b)
 
 
-def fit_linear_heads(heads: nn.Module, X: torch.Tensor, y_type: torch.Tensor,
-                     y_state: torch.Tensor | None, *, type_means: torch.Tensor | None,
-                     c: float = 1.0, max_iter: int = 200, penalty: str = "l2") -> None:
-    """Fit a :class:`~biocls.models.FactoredHeads` on genes as two logistic regressions.
-
-    Type first; then state on the type-centred profile ``x − p(type|x)·type_means`` (with ``p``
-    from the fitted type head) when ``type_means`` is given, as :class:`~biocls.models.CellNet`
-    feeds it, else on ``x``. ``y_state=None`` leaves the state head as it is. ``penalty`` is
-    ``"l2"`` (L-BFGS, ``max_iter`` iterations) or ``"l1"`` (FISTA, up to 4 × ``max_iter``).
-    """
-    if penalty not in PENALTIES:
-        raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")
+def fit_type_head(heads: nn.Module, X: torch.Tensor, y_type: torch.Tensor, *, c: float,
+                  penalty: str = "l2", max_iter: int = 200) -> None:
+    """Fit the type head of a :class:`~biocls.models.FactoredHeads` on genes, in place, as
+    ``LogisticRegression(penalty=penalty, C=c)``."""
+    _check_penalty(penalty)
     _fit(heads.type_head, X, y_type, c, max_iter, penalty=penalty)
-    if y_state is None or heads.state_head is None:
+
+
+def fit_state_head(heads: nn.Module, X: torch.Tensor, y_state: torch.Tensor, *,
+                   type_means: torch.Tensor | None, c: float, penalty: str = "l2",
+                   max_iter: int = 200) -> None:
+    """Fit the state head, in place, on the type-centred profile ``x − p(type|x)·type_means``
+    (``p`` from the type head as it stands: fit that first) when ``type_means`` is given, as
+    :class:`~biocls.models.CellNet` feeds it, else on ``x``."""
+    _check_penalty(penalty)
+    if heads.state_head is None:
         return
     p_type = None
     if type_means is not None:
@@ -158,3 +160,22 @@ def fit_linear_heads(heads: nn.Module, X: torch.Tensor, y_type: torch.Tensor,
             p_type = heads.type_head(X).softmax(-1)
     _fit(heads.state_head, X, y_state, c, max_iter, p_type=p_type, type_means=type_means,
          penalty=penalty)
+
+
+def fit_linear_heads(heads: nn.Module, X: torch.Tensor, y_type: torch.Tensor,
+                     y_state: torch.Tensor | None, *, type_means: torch.Tensor | None,
+                     c: float = 1.0, max_iter: int = 200, penalty: str = "l2") -> None:
+    """Fit a :class:`~biocls.models.FactoredHeads` on genes as two logistic regressions: type
+    first, then state (:func:`fit_state_head`). ``y_state=None`` leaves the state head as it is.
+    ``penalty`` is ``"l2"`` (L-BFGS, ``max_iter`` iterations) or ``"l1"`` (FISTA, up to
+    4 × ``max_iter``).
+    """
+    fit_type_head(heads, X, y_type, c=c, penalty=penalty, max_iter=max_iter)
+    if y_state is not None:
+        fit_state_head(heads, X, y_state, type_means=type_means, c=c, penalty=penalty,
+                       max_iter=max_iter)
+
+
+def _check_penalty(penalty: str) -> None:
+    if penalty not in PENALTIES:
+        raise ValueError(f"penalty must be one of {PENALTIES}, got {penalty!r}")

@@ -7,9 +7,41 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ENCODERS", "MLPEncoder", "MixerBlock", "MixerEncoder"]
+__all__ = ["ENCODERS", "ByteDropout", "MLPEncoder", "MixerBlock", "MixerEncoder"]
 
 ENCODERS = ("mlp", "mixer")
+
+
+class ByteDropout(nn.Module):
+    """:class:`torch.nn.Dropout` whose CPU mask costs an eighth of torch's.
+
+    torch's CPU dropout draws one 32-bit random number per element; at batch 256 that was a
+    sixth of an MLP epoch (0.65 of 5.1 s in a profile). Here each element gets one random byte
+    (64-bit draws split in eight) and is kept when the byte is at least ``round(256·p)``: ``p``
+    is rounded to a multiple of 1/256 (0.2 → 0.199), and kept values are scaled by the exact
+    inverse of the keep rate, so the expectation is unchanged. On other devices it is
+    :func:`torch.nn.functional.dropout`. Both draw from torch's generator: seeded runs repeat.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.threshold = round(256 * self.p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.threshold == 0:
+            return x
+        if x.device.type != "cpu":
+            return nn.functional.dropout(x, self.p, True)
+        n = x.numel()
+        draws = torch.randint(-(2**63), 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64)
+        keep = draws.view(torch.uint8)[:n].view(x.shape) >= self.threshold
+        return x * keep.to(x.dtype).mul_(256.0 / (256 - self.threshold))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 class MLPEncoder(nn.Module):
@@ -34,9 +66,9 @@ class MLPEncoder(nn.Module):
             raise ValueError(f"dropouts must be in [0, 1), got {dropout}, {input_dropout}")
         self.input_dropout = float(input_dropout)
         self.stem = nn.Linear(in_features, hidden[0])
-        layers: list[nn.Module] = [nn.LayerNorm(hidden[0]), nn.GELU(), nn.Dropout(dropout)]
+        layers: list[nn.Module] = [nn.LayerNorm(hidden[0]), nn.GELU(), ByteDropout(dropout)]
         for prev, h in zip(hidden[:-1], hidden[1:], strict=False):
-            layers += [nn.Linear(prev, h), nn.LayerNorm(h), nn.GELU(), nn.Dropout(dropout)]
+            layers += [nn.Linear(prev, h), nn.LayerNorm(h), nn.GELU(), ByteDropout(dropout)]
         self.trunk = nn.Sequential(*layers)
         self.out_features = hidden[-1]
 

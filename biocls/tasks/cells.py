@@ -224,6 +224,7 @@ class CellsTask:
         metrics["per_patient"] = per_patient
         metrics["unseen_combinations"] = unseen_report(pred, exp)
         metrics["model_path"] = {"setting": exp.model.path,
+                                 "linear_penalty": exp.model.linear_penalty,
                                  "by_fold": [i["path"] for i in infos if i.get("path")]}
         metrics["confusion"] = confusion_tables(pred)
         metrics["patient_details"] = patient_details(pred)
@@ -452,14 +453,17 @@ def _mark_seen(bundle: CellModelBundle, adata: ad.AnnData, source: str) -> int |
 
 def _path_choice(model: CellClassifier, plan: FoldPlan) -> dict[str, Any]:
     """What fed the heads in this fold; for ``path: ensemble`` the linear path's weight and each
-    candidate weight's error on the fold's validation patients. The penalty and C are those of
-    the linear net fitted; ``None`` where none was (a deep-only fit, e.g. multi-label states)."""
-    fitted_c = getattr(model, "linear_c_", None)
+    candidate weight's error on the fold's validation patients. Per head, the linear net's
+    penalty and C as fitted (and each candidate penalty's validation error where the patients
+    chose); ``None`` where no linear net was fitted (a deep-only fit, e.g. multi-label states)."""
     return {"fold": plan.fold, "chosen": model.chosen_,
             "linear_weight": getattr(model, "linear_weight_", None),
             "validation_error": getattr(model, "mix_errors_", None),
-            "linear_penalty": model.linear_penalty if fitted_c is not None else None,
-            "linear_c": fitted_c, "genes_used": linear_genes_used(model)}
+            "linear_penalty": getattr(model, "linear_penalty_", None),
+            "linear_c": getattr(model, "linear_c_", None),
+            "linear_penalty_error": getattr(model, "linear_errors_", None),
+            "linear_refitted": bool(getattr(model, "linear_refitted_", False)),
+            "genes_used": linear_genes_used(model)}
 
 
 def linear_genes_used(model: CellClassifier) -> dict[str, int] | None:
