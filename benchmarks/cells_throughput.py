@@ -7,9 +7,11 @@ Each stage runs in its own process so that its peak RSS is its own:
 1. simulate and write the .h5ad (not timed against a target);
 2. QC + preprocessing fit (on 75% of patients) + transform of all cells;
 3. one training epoch of the factored MLP (cells/s) and prediction, with the demo's model
-   settings; with ``path: ensemble`` (the default) the fit is the MLP's epoch plus the
-   linear path's logistic regressions (FISTA for the default L1 penalty, L-BFGS for L2; timed
-   apart: a one-off per fit, not per epoch); a small fit first pays torch's one-off imports;
+   settings (the default batch: 512 cells at 10⁵, where an epoch still has >= 128 updates);
+   with ``path: ensemble`` (the default) the fit is the MLP's epoch plus the linear path's
+   logistic regressions (per head L1 by FISTA and L2 by L-BFGS, one kept: ``linear_penalty:
+   auto``, though with no validation cells here L1 is kept unscored; timed apart: a one-off per
+   fit, not per epoch); a small fit first pays torch's one-off imports;
 4. scikit-learn's logistic regression (the CellTypist-style baseline) on the same matrix.
 Targets on a 2-core machine: >= 20,000 cells/s per epoch, preprocessing <= 60 s, RSS <= 4 GiB.
 """
@@ -81,20 +83,21 @@ def stage_train(args: argparse.Namespace) -> dict:
     # compiler, ~3 s) are paid once per process, not per epoch
     CellClassifier(max_epochs=1, patience=1, progress=False, device=args.device, path="deep",
                    **cfg).fit(X[:512], yt[:512], ys[:512])
-    times = {}
+    times, batch = {}, None
     for part in ("deep", "linear") if path == "ensemble" else (path,):
         clf = CellClassifier(max_epochs=1, patience=1, progress=False, device=args.device,
                              path=part, **cfg)
         t = time.perf_counter()
         clf.fit(X, yt, ys)
         times[part] = time.perf_counter() - t
+        batch = clf.batch_size_ if part != "linear" else batch
     full = CellClassifier(max_epochs=1, patience=1, progress=False, device=args.device,
                           path=path, **cfg).fit(X, yt, ys)
     t = time.perf_counter()
     full.predict_proba(X)
     predict_s = time.perf_counter() - t
     epoch_s = times.get("deep", times.get(path))
-    return {"cells": int(len(X)), "path": path, "epoch_seconds": epoch_s,
+    return {"cells": int(len(X)), "path": path, "epoch_seconds": epoch_s, "batch_size": batch,
             "linear_fit_seconds": times.get("linear"),
             "linear_penalty": cfg.get("linear_penalty", CellClassifier().linear_penalty),
             "train_cells_per_s": len(X) / epoch_s, "predict_cells_per_s": len(X) / predict_s}
@@ -152,7 +155,8 @@ def main() -> None:
           f"[target <= 60 s]  peak RSS {pp['peak_rss_gib']:.2f} GiB")
     print(f"factored MLP (demo settings), one training epoch: "
           f"{tr['train_cells_per_s']:,.0f} cells/s "
-          f"({tr['epoch_seconds']:.1f} s) [target >= 20,000]; prediction "
+          f"({tr['epoch_seconds']:.1f} s, batch {tr['batch_size']}) [target >= 20,000]; "
+          f"prediction "
           f"{tr['predict_cells_per_s']:,.0f} cells/s; peak RSS {tr['peak_rss_gib']:.2f} GiB "
           f"[target <= 4 GiB]")
     if tr.get("linear_fit_seconds") is not None:

@@ -136,7 +136,9 @@ class CellModel:
     mixer_depth: int = opt(2, "mixer: blocks", minimum=1)
     lr: float = opt(0.001, "Adam learning rate", exclusiveMinimum=0)
     weight_decay: float = opt(0.0001, "Adam weight decay", minimum=0)
-    batch_size: int = opt(256, "cells per update", minimum=2)
+    batch_size: int | None = opt(
+        None, "cells per update (null: 256, or 512 / 1024 where an epoch still has 128 updates: "
+              "from 65,536 / 131,072 training cells)", minimum=2)
     max_epochs: int = opt(60, "epochs at most", minimum=1)
     patience: int = opt(10, "epochs without validation improvement before stopping", minimum=1)
     state_weight: float = opt(1.0, "weight of the state loss", minimum=0)

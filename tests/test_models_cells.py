@@ -564,3 +564,15 @@ def test_byte_dropout_drops_the_rounded_rate_and_keeps_the_mean() -> None:
     assert ByteDropout(0.0)(x) is x
     with pytest.raises(ValueError, match="dropout"):
         ByteDropout(1.0)
+
+
+def test_default_batch_grows_only_where_an_epoch_keeps_128_updates() -> None:
+    """``batch_size=None`` trains small cohorts with 256 cells per update (larger batches cost
+    accuracy there) and only large ones, with at least 128 updates per epoch left, with more."""
+    from biocls.estimators._cells import batch_size_for
+
+    assert [batch_size_for(n) for n in (10, 5_000, 65_535, 65_536, 131_071, 131_072, 10**7)] \
+        == [256, 256, 256, 512, 512, 1024, 1024]
+    X, t, s = data(0, n=120)
+    assert model(batch_size=None).fit(X, t, s).batch_size_ == 256
+    assert model(batch_size=32).fit(X, t, s).batch_size_ == 32

@@ -55,6 +55,13 @@ LINEAR_C_CELLS = 100.0
 LINEAR_L2_C = 1.0
 #: what ``linear_penalty`` takes
 LINEAR_PENALTIES = ("auto", *PENALTIES)
+#: ``batch_size=None``: 256 cells per update, doubled up to the last size while an epoch keeps at
+#: least MIN_STEPS_PER_EPOCH updates. At 10⁵ cells a batch of 512 trains 1.6× faster on two CPU
+#: cores; on the suite's tuning cohorts (4,200 cells: 8 updates per epoch at 512) the deep path
+#: lost 0.003 type / 0.005 state macro-F1 at 512 and 0.016 / 0.011 at 1,024, so small cohorts
+#: keep 256.
+BATCH_SIZES = (256, 512, 1024)
+MIN_STEPS_PER_EPOCH = 128
 
 
 class CellClassifier(NetEstimator):
@@ -86,7 +93,9 @@ class CellClassifier(NetEstimator):
 
     Learned attributes: ``types_``, ``states_`` (label vocabularies), ``pairs_`` (joint head),
     ``modules_`` (mixer), ``n_features_in_``, ``type_means_``, ``priors_``, ``net_``,
-    ``history_`` (of the deep path), ``chosen_`` (see ``path``); after :meth:`load` also ``meta_``.
+    ``history_`` (of the deep path), ``chosen_`` (see ``path``), ``batch_size_`` (the batch
+    used: :func:`batch_size_for` the training cells when ``batch_size`` is None); after
+    :meth:`load` also ``meta_``.
     """
 
     KIND = "CellClassifier"
@@ -101,7 +110,8 @@ class CellClassifier(NetEstimator):
                  hidden: Sequence[int] = (256, 128), dropout: float = 0.2,
                  input_dropout: float = 0.5, n_modules: int = 32,
                  mixer_dim: int = 64, mixer_depth: int = 2, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, batch_size: int = 256, max_epochs: int = 60,
+                 weight_decay: float = 1e-4, batch_size: int | None = None,
+                 max_epochs: int = 60,
                  patience: int = 10, state_weight: float = 1.0, state_input: str = "centred",
                  early_stopping: str = "error", lr_decay: bool = True,
                  device: str = "auto",
@@ -236,7 +246,8 @@ class CellClassifier(NetEstimator):
                 # model grows confident, long before its errors stop falling
                 return wrong / (int((Yv >= 0).sum()) + n_s) + 1e-3 * loss
 
-        bs = self.batch_size
+        self.batch_size_ = bs = (self.batch_size if self.batch_size is not None
+                                 else batch_size_for(len(X)))
 
         def batches(rng: np.random.Generator):
             order = torch.from_numpy(rng.permutation(len(Xt))).to(Xt.device)
@@ -292,7 +303,8 @@ class CellClassifier(NetEstimator):
         targets = {"cell_type": torch.from_numpy(yt).to(device),
                    "cell_state": torch.from_numpy(ys).to(device)}
         n = max(int((yt >= 0).sum()), 1)
-        candidates = self._linear_candidates()
+        # without validation cells nothing can choose: the first (simplest) candidate alone
+        candidates = self._linear_candidates()[:None if val is not None else 1]
         self.linear_penalty_: dict[str, str] = {}
         self.linear_c_: dict[str, float] = {}
         self.linear_errors_: dict[str, dict[str, float]] | None = (
@@ -596,6 +608,13 @@ class CellClassifier(NetEstimator):
             else:  # pragma: no cover - vocab is built from these labels
                 raise ValueError(f"label {v!r} not in vocabulary")
         return out
+
+
+def batch_size_for(n_cells: int) -> int:
+    """The batch of ``batch_size=None``: the largest of :data:`BATCH_SIZES` that leaves at least
+    :data:`MIN_STEPS_PER_EPOCH` updates per epoch (the smallest where none does)."""
+    fits = [b for b in BATCH_SIZES if n_cells // b >= MIN_STEPS_PER_EPOCH]
+    return max(fits) if fits else BATCH_SIZES[0]
 
 
 def choose_weight(errors: dict[float, float], margin: float = MIX_MARGIN) -> float:
