@@ -438,6 +438,8 @@ def run_cohort(name: str, cohort: Cohort, args: argparse.Namespace) -> dict[str,
         "n_cv_donors": int(cv.splits.shape[0]), "new_donors": list(d.new_donors),
         "chosen": {"cv": [chosen_of(i) for i in cv_infos],
                    "new": [chosen_of(i) for i in task.infos]},
+        "linear_penalty": {"cv": [penalty_of(i) for i in cv_infos],
+                           "new": [penalty_of(i) for i in task.infos]},
         "models": {}}
     for m in models:
         cvs = f1_scores(cv_pred, m)
@@ -493,6 +495,15 @@ def row(model: str, values: dict[str, tuple[float, float]]) -> str:
     return f"  {model:10s} " + " ".join(fmt(*values[k], w) for k, _, w in COLUMNS)
 
 
+def penalty_of(info: dict[str, Any]) -> str | None:
+    """The linear net's penalty per head in a fold, as ``type/state`` (e.g. ``l1/l2``)."""
+    path = info.get("path")
+    pen = path.get("linear_penalty") if isinstance(path, dict) else None
+    if not isinstance(pen, dict):
+        return pen
+    return "/".join(pen.get(h, "-") for h in (C.CELL_TYPE, C.CELL_STATE))
+
+
 def _chosen(values: list[Any]) -> str:
     return ",".join(v if isinstance(v, str) else json.dumps(v, separators=(",", ":"))
                     for v in values)
@@ -513,6 +524,10 @@ def print_cohort(name: str, r: dict[str, Any], peers_note: str | None) -> None:
     if any(v is not None for v in chosen["cv"] + chosen["new"]):
         print(f"  chosen: CV {_chosen(chosen['cv'])}"
               + (f"; new {_chosen(chosen['new'])}" if chosen["new"] else ""))
+    pens = r.get("linear_penalty", {})
+    if any(v is not None for v in pens.get("cv", []) + pens.get("new", [])):
+        print(f"  linear penalty (type/state): CV {', '.join(map(str, pens['cv']))}"
+              + (f"; new {', '.join(map(str, pens['new']))}" if pens["new"] else ""))
     print(header())
     for m, entry in r["models"].items():
         print(row(m, cells(entry)))
