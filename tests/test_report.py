@@ -577,7 +577,7 @@ def test_index_says_what_each_fold_chose_for_each_head(tmp_path: Path) -> None:
     text = index.read_text()
     assert "what feeds the heads" in text
     assert "unless scikit-learn's default L2 logistic regression (C = 1)" in text
-    assert "refitted on the training and validation patients" in text
+    assert "refitted on the training and validation patients. Fold 0:" in text
     assert ("Fold 0: type <strong>linear</strong> (L1, C = 0.0213, 41 genes), "
             "state <strong>ensemble</strong> (L2, C = 1, 765 genes); "
             "Fold 1: type <strong>deep</strong> (L1, C = 0.05, 37 genes), "
