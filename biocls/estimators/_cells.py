@@ -318,8 +318,7 @@ class CellClassifier(NetEstimator):
                 error = (_head_error(net, name, val, device)
                          if self.linear_errors_ is not None else 0.0)
                 fits[penalty] = (c, error, {k: v.clone() for k, v in layer.state_dict().items()})
-            best = min(e for _, e, _ in fits.values())
-            keep = next(p for p, (_, e, _) in fits.items() if e <= best + MIX_MARGIN + 1e-12)
+            keep = first_within_margin({p: e for p, (_, e, _) in fits.items()})
             layer.load_state_dict(fits[keep][2])
             self.linear_penalty_[name], self.linear_c_[name] = keep, fits[keep][0]
             if self.linear_errors_ is not None:
@@ -617,10 +616,16 @@ def batch_size_for(n_cells: int) -> int:
     return max(fits) if fits else BATCH_SIZES[0]
 
 
+def first_within_margin(errors: dict[Any, float], margin: float = MIX_MARGIN) -> Any:
+    """The first key (simplest first, in the dict's order) whose error is within ``margin`` of
+    the lowest: the rule behind the mix weight and the linear penalty."""
+    best = min(errors.values())
+    return next(k for k, e in errors.items() if e <= best + margin + 1e-12)
+
+
 def choose_weight(errors: dict[float, float], margin: float = MIX_MARGIN) -> float:
     """The first weight of :data:`MIX_WEIGHTS` within ``margin`` of the lowest error."""
-    best = min(errors.values())
-    return next(w for w in MIX_WEIGHTS if errors[w] <= best + margin + 1e-12)
+    return first_within_margin({w: errors[w] for w in MIX_WEIGHTS}, margin)
 
 
 def _mix_error(p_deep: np.ndarray, p_linear: np.ndarray, weight: float,
